@@ -1,0 +1,83 @@
+"""Frozen configuration dataclasses.
+
+Every knob of a run lives in one of three dataclasses, passed explicitly (never an ``args``
+namespace). The parameters cell of ``notebooks/train.ipynb`` maps one-to-one onto their fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+LIKELIHOODS = ("nb", "zinb", "poisson")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What data to load and how to preprocess it (see :mod:`hiermix_pyro.data`)."""
+
+    dataset: str = "pbmc68k"  # a named dataset, an ``.h5ad`` path, or "simulated"
+    labels_key: str | None = None  # finest label column (named datasets know theirs)
+    batch_key: str | None = None  # batch column (scVI-style covariate), optional
+    layer: str | None = None  # AnnData layer holding counts (None: ``.X``)
+    data_dir: str | None = None  # where named real sets live (env ``HIERMIX_DATA_DIR``)
+    drop_labels: tuple[str, ...] = ()  # finest labels to leave out ("CD14+ Monocyte": 9 pops)
+    n_hvg: int | None = 500  # highly variable genes (scanpy seurat_v3 on counts); None: all
+    subsample: int | None = None  # keep this many cells (stratified), None: all
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and prior of a model. Fields a model does not use are ignored by it."""
+
+    latent_dim: int = 10
+    hidden_dims: tuple[int, ...] = (128,)
+    likelihood: str = "nb"  # nb | zinb | poisson
+    n_components: int | None = None  # mixture components K (None: number of finest classes)
+
+    def __post_init__(self):
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(
+                f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}"
+            )
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
+        if self.n_components is not None and self.n_components < 1:
+            raise ValueError(f"n_components must be positive, got {self.n_components}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stochastic variational inference settings (see :func:`hiermix_pyro.train.fit`)."""
+
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_epochs: int = 5  # KL weight beta rises linearly from ~0 to 1 over these epochs
+    patience: int = 20  # early stopping on validation loss; None or 0: never stop early
+    clip_norm: float = 10.0  # gradient clipping (per parameter, Pyro's ClippedAdam)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    jit: bool = False  # JitTraceEnum_ELBO: less Pyro overhead per step
+    checkpoint_path: str | None = None  # write a checkpoint every epoch; resume from it
+    progress: bool = True  # tqdm progress bar
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+def from_dict(cls, params: dict):
+    """Build a config dataclass from a dict, ignoring keys it does not have."""
+    names = {f.name for f in fields(cls)}
+    kwargs = {k: v for k, v in params.items() if k in names}
+    for f in fields(cls):  # lists from papermill/JSON become tuples
+        if f.name in kwargs and isinstance(kwargs[f.name], list):
+            kwargs[f.name] = tuple(kwargs[f.name])
+    return cls(**kwargs)
+
+
+__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "LIKELIHOODS", "asdict", "from_dict", "field"]

@@ -1,0 +1,18 @@
+"""Metrics: clustering scores per hierarchy level, and held-out likelihood (IWAE, ELBO)."""
+
+from .clustering import (
+    cluster_latent,
+    cluster_scores,
+    hungarian_match,
+    hungarian_weighted_f1,
+    level_scores,
+    majority_accuracy,
+    nesting_score,
+    utilized_clusters,
+)
+from .likelihood import elbo, iwae
+
+__all__ = [
+    "cluster_latent", "cluster_scores", "hungarian_match", "hungarian_weighted_f1", "level_scores",
+    "majority_accuracy", "nesting_score", "utilized_clusters", "elbo", "iwae",
+]

@@ -1,0 +1,27 @@
+"""The models, chosen by name. Each file holds one model with its ``model()`` and ``guide()``."""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+from .base import CountModel
+from .mixture import MixtureVAE
+from .vae import VAE
+
+MODELS: dict[str, type[CountModel]] = {
+    "vae": VAE,
+    "mixture": MixtureVAE,
+}
+
+
+def check_model_name(name: str) -> None:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
+
+
+def build_model(name: str, adata, config: ModelConfig = ModelConfig()) -> CountModel:
+    """Instantiate model ``name`` with sizes taken from a prepared AnnData."""
+    check_model_name(name)
+    return MODELS[name].from_adata(adata, config)
+
+
+__all__ = ["MODELS", "CountModel", "VAE", "MixtureVAE", "build_model", "check_model_name"]

@@ -1,0 +1,82 @@
+"""What every model shares: the decoder, the count likelihood p(x | z, s) and the cells plate.
+
+A model subclasses :class:`CountModel` and writes its own ``model()`` and ``guide()`` side by
+side, plus the small inference helpers used by the metrics:
+
+- ``q_z(x, s)``: the (marginal) posterior over z as a distribution, batch ``[B]``, event ``[D]``;
+- ``log_p_z(z)``: the (marginal) prior density of z, exact in any discrete variables;
+- ``cluster_probs(x, s)``: one ``[B, K_l]`` posterior per cluster level (empty for no clusters).
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..likelihoods import count_distribution, library_size
+from ..nn import Decoder
+
+
+class CountModel(nn.Module):
+    max_plate_nesting = 1  # the "cells" plate, dim=-1; enumeration uses dims to its left
+    enumerated = False  # True: discrete sites enumerated by TraceEnum_ELBO
+    level_sizes: tuple[int, ...] = ()  # clusters per level, coarse to fine (none for the VAE)
+
+    def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.config = config
+        self.n_genes, self.n_batches = n_genes, n_batches
+        self.decoder = Decoder(
+            n_genes, n_batches, config.hidden_dims, config.latent_dim, zero_inflated=config.likelihood == "zinb"
+        )
+        # per-gene log inverse dispersion (scVI's px_r); unused by the Poisson likelihood
+        self.log_theta = nn.Parameter(torch.zeros(n_genes))
+
+    @classmethod
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig()) -> "CountModel":
+        """Build the model with sizes read from an AnnData prepared by ``hiermix_pyro.data``."""
+        return cls(adata.n_vars, n_batches(adata), config)
+
+    def cells(self, x: torch.Tensor, n_obs: int | None = None) -> pyro.plate:
+        """The cells plate. With ``n_obs`` (training-set size) > B, Pyro scales the minibatch's
+        log-densities by n_obs / B through ``subsample_size``."""
+        return pyro.plate("cells", size=n_obs or x.shape[0], subsample_size=x.shape[0], dim=-1)
+
+    def px(self, z: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None = None):
+        """p(x | z, s, l) with the observed library size l: batch ``[K?, B]``, event ``[G]``."""
+        log_rho, gate_logits = self.decoder(z, s)  # [K?, B, G]
+        log_mu = library_size(x).clamp(min=1.0).log() + log_rho
+        return count_distribution(self.config.likelihood, log_mu, self.log_theta, gate_logits)
+
+    # ---- inference helpers for metrics; subclasses override what they have ----
+    def q_z(self, x, s=None):
+        raise NotImplementedError
+
+    def log_p_z(self, z):
+        raise NotImplementedError
+
+    def cluster_probs(self, x, s=None) -> list[torch.Tensor]:
+        return []
+
+    @torch.no_grad()
+    def latent(self, x, s=None) -> torch.Tensor:
+        """Posterior mean E_q[z | x]: ``[B, D]``."""
+        return self.q_z(x, s).mean
+
+    def log_p_x_z(self, x, z, s=None) -> torch.Tensor:
+        """log p(x | z, s): ``[S, B, D] -> [S, B]``."""
+        return self.px(z, x, s).log_prob(x)
+
+
+def n_batches(adata) -> int:
+    """Number of batch categories (0 without a batch key)."""
+    key = adata.uns.get("hiermix", {}).get("batch_key")
+    return adata.obs[key].astype("category").cat.categories.size if key else 0
+
+
+def n_classes(adata) -> list[int]:
+    """Number of classes per label level, coarse to fine."""
+    levels = adata.uns.get("hiermix", {}).get("levels", [])
+    return [adata.obs[lvl].astype("category").cat.categories.size for lvl in levels]

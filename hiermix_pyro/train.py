@@ -1,0 +1,239 @@
+"""Training: stochastic variational inference with KL warm-up, early stopping and checkpoints.
+
+The loop only alternates steps; the maths lives in the models. ``fit`` puts the whole dataset on
+the device once and minibatches it there, so no step copies data from the host.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO
+from pyro.optim import ClippedAdam
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` means CUDA when present, else CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, torch and Pyro at once."""
+    pyro.set_rng_seed(seed)
+
+
+@dataclass
+class CountTensors:
+    """Counts ``x [N, G]`` and one-hot batches ``s [N, S]`` (or None) on one device."""
+
+    x: torch.Tensor
+    s: torch.Tensor | None = None
+
+    @classmethod
+    def from_adata(cls, adata, device="cpu", split: str | None = None) -> "CountTensors":
+        """Dense float32 tensors from an AnnData prepared by :func:`hiermix_pyro.data.prepare`.
+
+        ``split`` keeps the cells with ``obs['split'] == split`` (None: all cells).
+        """
+        mask = np.ones(adata.n_obs, bool) if split is None else (adata.obs["split"] == split).to_numpy()
+        X = adata.X[mask]
+        X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+        x = torch.as_tensor(X, dtype=torch.float32, device=device)
+        s = None
+        batch_key = adata.uns.get("hiermix", {}).get("batch_key")
+        if batch_key is not None:
+            codes = adata.obs[batch_key].astype("category").cat.codes.to_numpy()[mask]
+            n_batches = adata.obs[batch_key].astype("category").cat.categories.size
+            s = torch.nn.functional.one_hot(torch.as_tensor(codes, dtype=torch.long), n_batches)
+            s = s.to(device=device, dtype=torch.float32)
+        return cls(x, s)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, idx) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.x[idx], None if self.s is None else self.s[idx]
+
+    def batches(self, batch_size: int, shuffle: bool = False, drop_last: bool = False):
+        """Yield ``(x, s)`` minibatches, indexing on the device."""
+        n = len(self)
+        order = torch.randperm(n, device=self.x.device) if shuffle else torch.arange(n, device=self.x.device)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for i in range(0, stop, batch_size):
+            yield self[order[i : i + batch_size]]
+
+
+def make_elbo(model, jit: bool = False, num_particles: int = 1):
+    """``TraceEnum_ELBO`` for models with discrete sites to enumerate, else ``Trace_ELBO``."""
+    if model.enumerated:
+        cls = JitTraceEnum_ELBO if jit else TraceEnum_ELBO
+    else:
+        cls = JitTrace_ELBO if jit else Trace_ELBO
+    kwargs = dict(ignore_jit_warnings=True) if jit else {}
+    return cls(max_plate_nesting=model.max_plate_nesting, num_particles=num_particles, **kwargs)
+
+
+@torch.no_grad()
+def evaluate_loss(model, data: CountTensors, batch_size: int = 512, elbo=None) -> float:
+    """Negative ELBO per cell (KL weight 1) on ``data``."""
+    elbo = elbo or make_elbo(model)
+    total = 0.0
+    for x, s in data.batches(batch_size):
+        total += elbo.loss(model.model, model.guide, x, s, n_obs=x.shape[0], beta=1.0)
+    return total / len(data)
+
+
+def kl_weight(step: int, warmup_steps: int) -> float:
+    """beta rises linearly from 1/warmup_steps to 1 (never exactly 0), then stays at 1."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> dict:
+    """Train ``model`` on the ``train`` cells of ``adata``; early stopping on ``validation``.
+
+    Parameters
+    ----------
+    model: a :class:`~hiermix_pyro.models.base.CountModel`.
+    adata: AnnData from :func:`hiermix_pyro.data.prepare` (counts in ``X``, ``obs['split']``).
+    config: optimisation settings.
+    step_hooks: callables ``hook(model, x, s, beta)`` run after every SVI step (EM updates of
+        a prior that is fitted by Empirical Bayes, for example).
+
+    Returns
+    -------
+    history: dict of per-epoch lists (``epoch``, ``train_loss``, ``val_loss``, ``beta``,
+        ``seconds``) and ``best_epoch``, ``epochs_run``, ``train_seconds``, ``device``,
+        ``stopped_early``, ``interrupted``. Losses are negative ELBOs per cell. The model ends
+        with the weights of the best validation epoch, not the last.
+    """
+    device = resolve_device(config.device)
+    log.info("training on %s", device)
+    print(f"hiermix-pyro: training on {device}")
+    seed_everything(config.seed)
+    model.to(device)
+    train = CountTensors.from_adata(adata, device, "train")
+    val = CountTensors.from_adata(adata, device, "validation")
+    if len(train) < config.batch_size:
+        raise ValueError(
+            f"only {len(train)} training cells, fewer than one batch of {config.batch_size}; "
+            "lower batch_size or use more cells"
+        )
+    pyro.clear_param_store()
+    optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
+    elbo = make_elbo(model, jit=config.jit)
+    svi = SVI(model.model, model.guide, optim, elbo)
+    steps_per_epoch = len(train) // config.batch_size if config.jit else math.ceil(len(train) / config.batch_size)
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+
+    state = dict(
+        epoch=0, history=dict(epoch=[], train_loss=[], val_loss=[], beta=[], seconds=[]),
+        best_loss=math.inf, best_epoch=None, best_weights=None, wait=0, done=False, stopped_early=False,
+    )
+    ckpt = config.checkpoint_path
+    if ckpt and os.path.exists(ckpt):
+        state = _load_checkpoint(ckpt, model, optim, config)
+        print(f"hiermix-pyro: resuming from {ckpt} after epoch {state['epoch']}")
+
+    history = state["history"]
+    interrupted = False
+    bar = tqdm(range(state["epoch"], config.epochs), initial=state["epoch"], total=config.epochs,
+               desc="epochs", disable=not config.progress or state["done"])
+    try:
+        for epoch in bar:
+            if state["done"]:
+                break
+            t0 = time.perf_counter()
+            model.train()
+            total = 0.0
+            step = epoch * steps_per_epoch
+            for x, s in train.batches(config.batch_size, shuffle=True, drop_last=config.jit):
+                beta = kl_weight(step, warmup_steps)
+                loss = svi.step(x, s, n_obs=len(train), beta=torch.tensor(beta) if config.jit else beta)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"the loss became {loss} at epoch {epoch + 1}, step {step}; "
+                                             "try a lower lr or a smaller clip_norm")
+                for hook in step_hooks:
+                    hook(model, x, s, beta)
+                total += loss * x.shape[0] / len(train)  # loss is scaled to the whole training set
+                step += 1
+            model.eval()
+            train_loss = total / len(train)
+            val_loss = evaluate_loss(model, val) if len(val) else float("nan")
+            seconds = time.perf_counter() - t0
+            for key, value in zip(history, (epoch + 1, train_loss, val_loss, beta, seconds)):
+                history[key].append(value)
+            monitored = val_loss if len(val) else train_loss
+            if monitored < state["best_loss"]:
+                state.update(best_loss=monitored, best_epoch=epoch + 1, wait=0,
+                             best_weights=copy.deepcopy(model.state_dict()))
+            else:
+                state["wait"] += 1
+            state["epoch"] = epoch + 1
+            bar.set_postfix(train=f"{train_loss:.1f}", val=f"{val_loss:.1f}", beta=f"{beta:.2f}")
+            stop = bool(config.patience) and state["wait"] >= config.patience and epoch + 1 > config.warmup_epochs
+            state["done"] = stop or epoch + 1 == config.epochs
+            state["stopped_early"] = stop
+            if ckpt:
+                _save_checkpoint(ckpt, model, optim, config, state)
+            if stop:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        warnings.warn(f"training interrupted after epoch {state['epoch']}; keeping the best weights so far"
+                      + (f" (checkpoint: {ckpt})" if ckpt else ""))
+    finally:
+        bar.close()
+    if state["best_weights"] is not None:
+        model.load_state_dict(state["best_weights"])
+    model.eval()
+    return dict(
+        history, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+        train_seconds=float(sum(history["seconds"])), device=str(device),
+        stopped_early=state["stopped_early"], interrupted=interrupted,
+    )
+
+
+def _save_checkpoint(path, model, optim, config, state) -> None:
+    """Write atomically: an interrupted write never leaves a corrupt checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    payload = dict(
+        state, model=model.state_dict(), optim=optim.get_state(), train_config=asdict(config),
+        model_class=type(model).__name__, rng=pyro.util.get_rng_state(),
+    )
+    tmp = f"{path}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path, model, optim, config) -> dict:
+    payload = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+    if payload["model_class"] != type(model).__name__:
+        raise ValueError(f"checkpoint {path} holds a {payload['model_class']}, not a {type(model).__name__}; "
+                         "remove it or choose another checkpoint_path")
+    model.load_state_dict(payload["model"])
+    optim.set_state(payload["optim"])
+    pyro.util.set_rng_state(payload["rng"])
+    keys = ("epoch", "history", "best_loss", "best_epoch", "best_weights", "wait", "stopped_early")
+    state = {k: payload[k] for k in keys}
+    # a run that stopped early is finished; one that ran out of epochs goes on if given more
+    state["done"] = state["stopped_early"] or state["epoch"] >= config.epochs
+    return state
