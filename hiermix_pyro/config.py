@@ -35,6 +35,8 @@ class ModelConfig:
     hidden_dims: tuple[int, ...] = (128,)
     likelihood: str = "nb"  # nb | zinb | poisson
     n_components: int | None = None  # mixture components K (None: number of finest classes)
+    # -- hierarchical mixtures (momix, indmom) --
+    # -- VampPrior / Bayesian GMM / VMM priors --
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:

@@ -115,8 +115,8 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
     model: a :class:`~hiermix_pyro.models.base.CountModel`.
     adata: AnnData from :func:`hiermix_pyro.data.prepare` (counts in ``X``, ``obs['split']``).
     config: optimisation settings.
-    step_hooks: callables ``hook(model, x, s, beta)`` run after every SVI step (EM updates of
-        a prior that is fitted by Empirical Bayes, for example).
+    step_hooks: extra callables ``hook(model, x, s, beta)`` run after every SVI step, after
+        the model's own ``prior_step`` (its Empirical-Bayes update, if it has one).
 
     Returns
     -------
@@ -143,6 +143,7 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
     svi = SVI(model.model, model.guide, optim, elbo)
     steps_per_epoch = len(train) // config.batch_size if config.jit else math.ceil(len(train) / config.batch_size)
     warmup_steps = config.warmup_epochs * steps_per_epoch
+    total_steps = config.epochs * steps_per_epoch
 
     state = dict(
         epoch=0, history=dict(epoch=[], train_loss=[], val_loss=[], beta=[], seconds=[]),
@@ -167,10 +168,12 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
             step = epoch * steps_per_epoch
             for x, s in train.batches(config.batch_size, shuffle=True, drop_last=config.jit):
                 beta = kl_weight(step, warmup_steps)
-                loss = svi.step(x, s, n_obs=len(train), beta=torch.tensor(beta) if config.jit else beta)
+                extra = model.schedule(step / total_steps, beta)
+                loss = svi.step(x, s, n_obs=len(train), beta=torch.tensor(beta) if config.jit else beta, **extra)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"the loss became {loss} at epoch {epoch + 1}, step {step}; "
                                              "try a lower lr or a smaller clip_norm")
+                model.prior_step(x, s)
                 for hook in step_hooks:
                     hook(model, x, s, beta)
                 total += loss * x.shape[0] / len(train)  # loss is scaled to the whole training set

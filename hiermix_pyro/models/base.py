@@ -50,6 +50,16 @@ class CountModel(nn.Module):
         log_mu = library_size(x).clamp(min=1.0).log() + log_rho
         return count_distribution(self.config.likelihood, log_mu, self.log_theta, gate_logits)
 
+    # ---- hooks called by the training loop ----
+    def schedule(self, progress: float, beta: float) -> dict:
+        """Extra keyword arguments for ``model()``/``guide()`` at this point of training
+        (``progress`` in [0, 1]); e.g. an annealed regulariser weight. Their defaults must give
+        the plain ELBO, which is what validation and metrics use."""
+        return {}
+
+    def prior_step(self, x, s=None) -> None:
+        """Update prior parameters after each SVI step (Empirical-Bayes EM models override it)."""
+
     # ---- inference helpers for metrics; subclasses override what they have ----
     def q_z(self, x, s=None):
         raise NotImplementedError

@@ -1,0 +1,121 @@
+"""Benchmarks: run a grid of (model variant x seed) on one dataset, collect and summarise.
+
+A model variant is written ``name`` or ``name:key=value,key=value`` with keys of
+:class:`~hiermix_pyro.config.ModelConfig` (e.g. ``mixture:n_components=20``). Runs whose
+``metrics.json`` already exists are skipped, so an interrupted grid resumes where it stopped.
+
+Command line (``python -m hiermix_pyro.bench --help``)::
+
+    python -m hiermix_pyro.bench --models vae mixture --dataset pbmc_sorted \\
+        --drop-labels "CD14+ Monocyte" --seeds 0 1 2 --csv benchmarks/results/sorted9.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import DataConfig, ModelConfig, TrainConfig, from_dict
+from .workflow import run
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``"momix:guide=collapsed,prior=studentt"`` -> ``("momix", {"guide": "collapsed", ...})``."""
+    name, _, rest = spec.partition(":")
+    return name, dict(_parse_setting(item) for item in filter(None, rest.split(",")))
+
+
+def _parse_setting(item: str) -> tuple[str, object]:
+    """``"key=value"`` with the value read as a Python literal when it is one."""
+    key, _, value = item.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def variant_label(spec: str) -> str:
+    """A folder-safe label for a variant spec."""
+    return spec.replace(":", "-").replace(",", "-").replace("=", "")
+
+
+def run_grid(variants, seeds, *, data: dict, model: dict | None = None, train: dict | None = None,
+             out_dir="runs/bench", n_iwae_samples: int = 100) -> pd.DataFrame:
+    """Run every variant with every seed (skipping finished runs); return :func:`collect`."""
+    out_dir = Path(out_dir)
+    for spec in variants:
+        name, options = parse_variant(spec)
+        for seed in seeds:
+            run_dir = out_dir / f"{variant_label(spec)}-seed{seed}"
+            if (run_dir / "metrics.json").exists():
+                continue
+            print(f"== {spec}, seed {seed} -> {run_dir}", flush=True)
+            run(name, from_dict(DataConfig, {**data, "seed": seed}),
+                from_dict(ModelConfig, {**(model or {}), **options}),
+                from_dict(TrainConfig, {**(train or {}), "seed": seed, "progress": False}),
+                output_dir=run_dir, n_iwae_samples=n_iwae_samples)
+            (run_dir / "variant.txt").write_text(spec)
+    return collect(out_dir)
+
+
+def collect(out_dir) -> pd.DataFrame:
+    """One row per (run, level) from every ``metrics.json`` below ``out_dir``."""
+    rows = []
+    for path in sorted(Path(out_dir).glob("*/metrics.json")):
+        m = json.loads(path.read_text())
+        spec = (path.parent / "variant.txt").read_text() if (path.parent / "variant.txt").exists() else m["model"]
+        for level in m["levels"]:
+            rows.append(dict(variant=spec, model=m["model"], dataset=m["dataset"], seed=m["seed"],
+                             device=m["device"], epochs=m["epochs"], seconds_per_epoch=m["seconds_per_epoch"],
+                             iwae=m["iwae"], elbo=m["elbo"], **level))
+    return pd.DataFrame(rows)
+
+
+def summarise(df: pd.DataFrame, metrics=("ari", "nmi", "weighted_f1", "accuracy", "utilized_clusters",
+                                         "iwae", "seconds_per_epoch")) -> pd.DataFrame:
+    """Mean and standard deviation over seeds, per variant and level."""
+    return df.groupby(["variant", "level"], sort=False)[list(metrics)].agg(["mean", "std"]).round(3)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", required=True, help="variants: name or name:key=value,...")
+    p.add_argument("--dataset", default="pbmc68k")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--drop-labels", nargs="*", default=[])
+    p.add_argument("--labels-key"), p.add_argument("--batch-key"), p.add_argument("--data-dir")
+    p.add_argument("--n-hvg", type=int, default=500)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="ModelConfig or TrainConfig fields for every run, e.g. latent_dim=20 'hidden_dims=(100,100)'")
+    p.add_argument("--n-iwae-samples", type=int, default=100)
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    p.add_argument("--out", default=None, help="run folders (default runs/bench/<dataset>)")
+    p.add_argument("--csv", default=None, help="write all rows here (e.g. benchmarks/results/x.csv)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    settings = dict(_parse_setting(item) for item in a.set)
+    model = {k: v for k, v in settings.items() if k in {f.name for f in fields(ModelConfig)}}
+    train = {k: v for k, v in settings.items() if k in {f.name for f in fields(TrainConfig)}}
+    unknown = set(settings) - set(model) - set(train)
+    if unknown:
+        raise SystemExit(f"unknown --set keys: {', '.join(sorted(unknown))}")
+    data = dict(dataset=a.dataset, drop_labels=tuple(a.drop_labels), labels_key=a.labels_key,
+                batch_key=a.batch_key, data_dir=a.data_dir, n_hvg=a.n_hvg)
+    df = run_grid(a.models, a.seeds, data=data, model=model, train=train,
+                  out_dir=a.out or f"runs/bench/{Path(a.dataset).stem}", n_iwae_samples=a.n_iwae_samples)
+    if a.csv:
+        Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(a.csv, index=False)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(summarise(df))
+
+
+if __name__ == "__main__":
+    main()
