@@ -232,7 +232,11 @@ def _load_checkpoint(path, model, optim, config) -> dict:
     if payload["model_class"] != type(model).__name__:
         raise ValueError(f"checkpoint {path} holds a {payload['model_class']}, not a {type(model).__name__}; "
                          "remove it or choose another checkpoint_path")
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {path} was written for a model of other sizes; remove it or "
+                         f"choose another checkpoint_path ({str(err).splitlines()[1].strip()})") from None
     optim.set_state(payload["optim"])
     pyro.util.set_rng_state(payload["rng"])
     keys = ("epoch", "history", "best_loss", "best_epoch", "best_weights", "wait", "stopped_early")

@@ -110,8 +110,10 @@ def evaluate(model, adata: ad.AnnData, n_iwae_samples: int = 100, seed: int = 0)
     )
 
 
-def default_output_dir(model: str, dataset: str, seed: int) -> Path:
-    return Path("runs") / f"{model}-{Path(dataset).stem}-seed{seed}"
+def default_output_dir(model: str, dataset: str, seed: int, smoke: bool = False) -> Path:
+    """``runs/<model>-<dataset>-seed<seed>`` (``runs/smoke/...`` for smoke runs, so that a
+    smoke run's checkpoint is never resumed by a full run)."""
+    return Path("runs", *(["smoke"] if smoke else [])) / f"{model}-{Path(dataset).stem}-seed{seed}"
 
 
 def save_run(output_dir, *, model_name, data_config, model_config, train_config, history, scores, adata) -> Path:

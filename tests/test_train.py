@@ -100,3 +100,11 @@ def test_batches_stay_on_device(sim_batch_adata):
     sizes = [x.shape[0] for x, _ in data.batches(50, shuffle=True)]
     assert sum(sizes) == len(data) and max(sizes) == 50
     assert data.s.shape == (len(data), 2) and torch.all(data.s.sum(1) == 1)
+
+
+def test_checkpoint_of_other_sizes_is_refused(sim_adata, tmp_path):
+    ckpt = str(tmp_path / "run.pt")
+    _fit(sim_adata, epochs=1, checkpoint_path=ckpt)
+    model = build_model("vae", sim_adata, ModelConfig(latent_dim=5, hidden_dims=(16,)))
+    with pytest.raises(ValueError, match="written for a model of other sizes"):
+        fit(model, sim_adata, TrainConfig(epochs=2, batch_size=64, progress=False, checkpoint_path=ckpt))

@@ -1,0 +1,46 @@
+"""The main job end to end on simulated data, and its error messages."""
+
+import json
+
+import pytest
+import scanpy as sc
+
+from hiermix_pyro.config import DataConfig, ModelConfig, TrainConfig
+from hiermix_pyro.workflow import check_names, default_output_dir, run, smoke_test_requested
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="valid models: vae, mixture"):
+        check_names("momox", "pbmc68k")
+    with pytest.raises(ValueError, match="valid datasets: pbmc68k, pbmc_sorted"):
+        check_names("vae", "pbmc86k")
+
+
+def test_smoke_flag(monkeypatch):
+    monkeypatch.delenv("SMOKE_TEST", raising=False)
+    assert not smoke_test_requested(False) and smoke_test_requested(True)
+    monkeypatch.setenv("SMOKE_TEST", "1")
+    assert smoke_test_requested(False)
+    monkeypatch.setenv("SMOKE_TEST", "0")
+    assert not smoke_test_requested(False)
+    assert default_output_dir("vae", "pbmc68k", 0, smoke=True).parts[:2] == ("runs", "smoke")
+
+
+@pytest.mark.parametrize("model", ["vae", "mixture"])
+def test_run_writes_metrics_latent_and_clusters(model, tmp_path):
+    out = tmp_path / model
+    metrics = run(
+        model, DataConfig(dataset="simulated", n_hvg=None), ModelConfig(latent_dim=3, hidden_dims=(16,)),
+        TrainConfig(epochs=2, batch_size=64, progress=False), output_dir=out, n_iwae_samples=3,
+    )
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    for key in ("model", "dataset", "seed", "device", "epochs", "train_seconds", "levels", "iwae", "elbo", "version"):
+        assert key in metrics
+    assert [lvl["level"] for lvl in metrics["levels"]] == ["L1", "L2", "L3", "L4"]
+    for lvl in metrics["levels"]:
+        assert {"n_classes", "ari", "nmi", "weighted_f1", "accuracy", "utilized_clusters"} <= set(lvl)
+    adata = sc.read_h5ad(out / "adata.h5ad")
+    assert adata.obsm["X_latent"].shape == (adata.n_obs, 3)
+    assert {f"cluster_L{i}" for i in range(1, 5)} <= set(adata.obs)
+    assert (out / "checkpoint.pt").exists()
