@@ -35,13 +35,17 @@ class MixtureVAE(CountModel):
     guide in parallel, so the expectation over y is exact and no y is ever sampled; the
     decoder then runs once per component. Cluster of a cell: argmax_k q(y = k | x).
 
-    Shapes under enumeration (``Trace.format_shapes()`` of model and guide, B=4, K=3)::
+    Sample-site shapes under enumeration (``Trace.format_shapes()``; B = 4 cells, K = 3, D = 10,
+    G = 500; the enumerated y takes dim -2, left of the ``cells`` plate)::
 
-        guide  y  dist      4 |        enumerated: [3, 1] -> batch [3, 1]
-               z  dist  3 1 4 | 10     value [3, 4, 10]
-        model  y  dist      4 |        value [3, 1]
-               z  dist  3 1 4 | 10     (loc gathered with Vindex: [3, 1, 10])
-               x  dist  3 4 | 500
+        guide       y dist     4   |          model   y dist     4   |
+                     value 3   1   |                   value 3   1   |
+                  log_prob 3   4   |                log_prob 3   4   |
+                    z dist 3   4   | 10               z dist 3   4   |  10
+                     value 3   4   | 10                value 3   4   |  10
+                                                        x dist 3   4   | 500
+                                                         value     4   | 500
+                                                      log_prob 3   4   |
     """
 
     enumerated = True
