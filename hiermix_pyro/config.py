@@ -37,6 +37,10 @@ class ModelConfig:
     n_components: int | None = None  # mixture components K (None: number of finest classes)
     # -- hierarchical mixtures (momix, indmom) --
     # -- VampPrior / Bayesian GMM / VMM priors --
+    # (vampprior, gmm, vmm use K = n_components, default 100 for them)
+    em_update: str = "gradient"  # gmm M-step: gradient (one Adam step on the MAP objective) | closed
+    em_lr: float = 1e-2  # prior's own learning rate: Adam lr (gradient) or stochastic-EM step size (closed)
+    em_after_warmup: bool = True  # gmm / vmm: first M-step when the KL warm-up ends (prior fixed before)
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:
@@ -45,6 +49,10 @@ class ModelConfig:
             )
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
+        if self.em_update not in ("gradient", "closed"):
+            raise ValueError(f"unknown em_update {self.em_update!r}; valid: gradient, closed")
+        if not self.em_lr > 0:
+            raise ValueError(f"em_lr must be positive, got {self.em_lr}")
         if self.n_components is not None and self.n_components < 1:
             raise ValueError(f"n_components must be positive, got {self.n_components}")
 

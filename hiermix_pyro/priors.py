@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import pyro.distributions as dist
 import torch
 
 
@@ -28,3 +29,89 @@ def diag_normal_log_prob_matrix(z: torch.Tensor, loc: torch.Tensor, scale: torch
 def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """log sum_p w_p N(z | loc_p, scale_p^2): ``[..., B, D] -> [..., B]``."""
     return torch.logsumexp(log_weights + diag_normal_log_prob_matrix(z, loc, scale), dim=-1)
+
+
+# ---- full-covariance Gaussians, written with the Cholesky factor of the precision ----
+# (used by the Bayesian GMM and VampPrior-mixture priors: Lambda_k = L_k L_k^T)
+
+
+def full_normal_log_prob_matrix(z: torch.Tensor, loc: torch.Tensor, prec_tril: torch.Tensor) -> torch.Tensor:
+    """``log N(z | loc_k, (L_k L_k^T)^{-1})`` for all components k.
+
+    z: ``[..., B, D]``; loc: ``[K, D]``; prec_tril (lower-triangular L_k): ``[K, D, D]``  ->  ``[..., B, K]``.
+
+    The Mahalanobis term is ``|| L_k^T (z - m_k) ||^2``: one ``[B, D] x [D, K*D]`` product for all k
+    (``z L_k``, row-vector form), minus the precomputed ``m_k L_k``.
+    """
+    K, D = loc.shape
+    zl = (z @ prec_tril.permute(1, 0, 2).reshape(D, K * D)).unflatten(-1, (K, D))  # [..., B, K, D]
+    ml = (loc.unsqueeze(-2) @ prec_tril).squeeze(-2)  # [K, D]
+    quad = (zl - ml).pow(2).sum(-1)  # [..., B, K]
+    log_det = prec_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [K]: 0.5 log |Lambda_k|
+    return log_det - 0.5 * D * math.log(2 * math.pi) - 0.5 * quad
+
+
+def expected_normal_log_prob_matrix(
+    z_loc: torch.Tensor, z_var: torch.Tensor | None, loc: torch.Tensor, loc_var: torch.Tensor | None,
+    prec_tril: torch.Tensor,
+) -> torch.Tensor:
+    """``E[log N(z | mu_k, Lambda_k^{-1})]`` with z ~ N(z_loc, diag z_var), mu_k ~ N(loc_k, diag loc_var_k).
+
+    Analytic: ``log N(z_loc | loc_k, Lambda_k^{-1}) - 0.5 tr(Lambda_k diag(z_var + loc_var_k))``; the
+    trace only needs diag(Lambda_k), so it is one more ``[B, D] x [D, K]`` product.
+    z_loc, z_var: ``[..., B, D]`` (z_var None: z is a point); loc, loc_var: ``[K, D]`` (None: a point).
+    """
+    out = full_normal_log_prob_matrix(z_loc, loc, prec_tril)  # [..., B, K]
+    prec_diag = prec_tril.pow(2).sum(-1)  # [K, D]: (L L^T)_dd = sum_j L_dj^2
+    if z_var is not None:
+        out = out - 0.5 * z_var @ prec_diag.T
+    if loc_var is not None:
+        out = out - 0.5 * (loc_var * prec_diag).sum(-1)
+    return out
+
+
+def precision_tril(cov: torch.Tensor) -> torch.Tensor:
+    """Cholesky factor L of the precision ``cov^{-1} = L L^T``: ``[K, D, D] -> [K, D, D]``."""
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(cov)))
+
+
+class GaussianMixture(dist.TorchDistribution):
+    """``p(z) = sum_k w_k N(z | loc_k, Lambda_k^{-1})`` as one distribution over z, batch ``[B]``.
+
+    A continuous density: no discrete site to enumerate, and ``log_prob`` is the matmul form
+    (:func:`full_normal_log_prob_matrix`, or :func:`diag_normal_log_prob_matrix` with ``scale``).
+    Give either ``prec_tril`` (full precision Cholesky, ``[K, D, D]``) or ``scale`` (diagonal, ``[K, D]``).
+    """
+
+    arg_constraints = {}
+    support = dist.constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, logits, loc, *, prec_tril=None, scale=None, batch_shape=torch.Size(), validate_args=None):
+        if (prec_tril is None) == (scale is None):
+            raise ValueError("give exactly one of prec_tril (full covariance) or scale (diagonal)")
+        self.log_weights = torch.log_softmax(logits, -1)  # [K]
+        self.loc, self.prec_tril, self.scale = loc, prec_tril, scale
+        super().__init__(torch.Size(batch_shape), loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        return GaussianMixture(self.log_weights, self.loc, prec_tril=self.prec_tril, scale=self.scale,
+                               batch_shape=batch_shape)
+
+    def component_log_prob(self, z):  # [..., B, D] -> [..., B, K]
+        if self.scale is not None:
+            return diag_normal_log_prob_matrix(z, self.loc, self.scale)
+        return full_normal_log_prob_matrix(z, self.loc, self.prec_tril)
+
+    def log_prob(self, z):  # [..., B, D] -> [..., B]
+        return torch.logsumexp(self.log_weights + self.component_log_prob(z), -1)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)[:-1]
+        k = torch.distributions.Categorical(logits=self.log_weights).sample(shape)  # [S?, B]
+        eps = torch.randn(shape + self.event_shape, dtype=self.loc.dtype, device=self.loc.device)
+        if self.scale is not None:
+            return self.loc[k] + self.scale[k] * eps
+        # z = m + L^{-T} eps has covariance (L L^T)^{-1}
+        shift = torch.linalg.solve_triangular(self.prec_tril[k].transpose(-1, -2), eps.unsqueeze(-1), upper=True)
+        return self.loc[k] + shift.squeeze(-1)

@@ -6,10 +6,16 @@ from ..config import ModelConfig
 from .base import CountModel
 from .mixture import MixtureVAE
 from .vae import VAE
+from .vampprior import VampPrior
+from .gmm import GMM
+from .vmm import VMM
 
 MODELS: dict[str, type[CountModel]] = {
     "vae": VAE,
     "mixture": MixtureVAE,
+    "vampprior": VampPrior,
+    "gmm": GMM,
+    "vmm": VMM,
 }
 
 
@@ -24,4 +30,4 @@ def build_model(name: str, adata, config: ModelConfig = ModelConfig()) -> CountM
     return MODELS[name].from_adata(adata, config)
 
 
-__all__ = ["MODELS", "CountModel", "VAE", "MixtureVAE", "build_model", "check_model_name"]
+__all__ = ["MODELS", "CountModel", "VAE", "MixtureVAE", "VampPrior", "GMM", "VMM", "build_model", "check_model_name"]
