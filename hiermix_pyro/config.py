@@ -36,6 +36,12 @@ class ModelConfig:
     likelihood: str = "nb"  # nb | zinb | poisson
     n_components: int | None = None  # mixture components K (None: number of finest classes)
     # -- hierarchical mixtures (momix, indmom) --
+    level_sizes: tuple[int, ...] | None = None  # clusters per level, coarse to fine (None: classes per label level)
+    prior: str = "normal"  # component family: normal | studentt (multivariate t, learned df)
+    guide: str = "collapsed"  # momix: collapsed (q(z|x), y enumerated in the model) | structured (q(y|x) q(z|x,y))
+    init: str = "vae_kmeans"  # components: vae_kmeans (VAE pre-training, nested k-means) | pca_kmeans (reference) | random
+    init_epochs: int = 10  # plain-VAE pre-training epochs of init="vae_kmeans"
+    usage_lambda: float = 100.0  # marginal-usage regulariser weight during training (reference 100; 0: off): held for half of training, then cosine-decayed to 10%
     # -- VampPrior / Bayesian GMM / VMM priors --
     # (vampprior, gmm, vmm use K = n_components, default 100 for them)
     em_update: str = "gradient"  # gmm M-step: gradient (one Adam step on the MAP objective) | closed

@@ -11,6 +11,8 @@ import math
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions import TorchDistribution, constraints
+from pyro.ops.indexing import Vindex
 
 
 def diag_normal_log_prob_matrix(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -115,3 +117,91 @@ class GaussianMixture(dist.TorchDistribution):
         # z = m + L^{-T} eps has covariance (L L^T)^{-1}
         shift = torch.linalg.solve_triangular(self.prec_tril[k].transpose(-1, -2), eps.unsqueeze(-1), upper=True)
         return self.loc[k] + shift.squeeze(-1)
+
+
+# ---- hierarchical mixtures (momix, indmom): Student-t components, component densities ----
+
+
+def diag_studentt_log_prob_matrix(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
+    """Multivariate Student-t ``log t_df(z | loc_p, diag(scale_p^2))`` for all components p.
+
+    z: ``[..., B, D]``; loc, scale: ``[P, D]``; df: ``[P]``  ->  ``[..., B, P]``.
+
+    One degrees-of-freedom per component and a diagonal scale: the density depends on z only
+    through the Mahalanobis distance, so it costs the same three matrix products as
+    :func:`diag_normal_log_prob_matrix` (a product of D univariate t's would need the
+    elementwise ``[B, P, D]`` tensor).
+    """
+    D = z.shape[-1]
+    prec = scale.pow(-2)  # [P, D]
+    quad = z.pow(2) @ prec.T - 2.0 * z @ (loc * prec).T + (loc.pow(2) * prec).sum(-1)  # [..., B, P]
+    return _studentt_from_quad(quad.clamp(min=0.0), scale, df, D)
+
+
+def diag_studentt_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
+    """The same multivariate Student-t, elementwise: z, loc, scale ``[..., D]``, df ``[...]`` -> ``[...]``."""
+    quad = ((z - loc) / scale).pow(2).sum(-1)
+    return _studentt_from_quad(quad, scale, df, z.shape[-1])
+
+
+def _studentt_from_quad(quad, scale, df, D: int):
+    log_norm = (torch.lgamma(0.5 * (df + D)) - torch.lgamma(0.5 * df) - 0.5 * D * torch.log(df * math.pi)
+                - scale.log().sum(-1))
+    return log_norm - 0.5 * (df + D) * torch.log1p(quad / df)
+
+
+def diag_normal_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``log N(z | loc, diag(scale^2))`` elementwise: ``[..., D] -> [...]``."""
+    return (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class ComponentDensity(TorchDistribution):
+    """p(z | c): component ``c`` of a mixture whose P components are held as ``[P, D]`` tables.
+
+    ``c`` is an integer tensor (usually built from enumerated cluster variables, shape
+    ``[K_L, ..., K_1, 1]``). ``log_prob(z)`` picks the cheapest form:
+
+    - z without enumeration dims (``[B, D]``, drawn once from q(z | x)): the ``[B, P]`` matrix
+      of all component log-densities (three matrix products), then ``c`` indexes it, giving
+      ``[K_L, ..., K_1, B]`` at the cost of an index;
+    - z with enumeration dims (drawn from q(z | x, c)): elementwise with gathered parameters.
+
+    ``df`` None means Gaussian components, else multivariate Student-t with ``df [P]``.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+
+    def __init__(self, c, loc, scale, df=None, batch_size: int | None = None, validate_args=False):
+        self.c, self.loc, self.scale, self.df = c, loc, scale, df
+        batch_shape = torch.Size() if c is None else c.shape
+        batch_shape = batch_shape if batch_size is None else torch.broadcast_shapes(batch_shape, (batch_size,))
+        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(ComponentDensity, _instance)
+        new.c, new.loc, new.scale, new.df = self.c, self.loc, self.scale, self.df
+        super(ComponentDensity, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        return new
+
+    def log_prob_matrix(self, z):  # [..., B, D] -> [..., B, P]
+        if self.df is None:
+            return diag_normal_log_prob_matrix(z, self.loc, self.scale)
+        return diag_studentt_log_prob_matrix(z, self.loc, self.scale, self.df)
+
+    def log_prob(self, z):
+        if z.dim() == 2:  # one z per cell for all components
+            return Vindex(self.log_prob_matrix(z))[..., self.c]  # [K?, B]
+        loc, scale = self.loc[self.c], self.scale[self.c]  # [K?, 1, D]
+        if self.df is None:
+            return diag_normal_log_prob(z, loc, scale)
+        return diag_studentt_log_prob(z, loc, scale, self.df[self.c])
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)
+        loc, scale = self.loc[self.c].expand(shape), self.scale[self.c].expand(shape)
+        with torch.no_grad():
+            if self.df is None:
+                return torch.normal(loc, scale)
+            chi2 = torch.distributions.Chi2(self.df[self.c]).sample().unsqueeze(-1)  # [*c, 1]
+            return loc + scale * torch.randn(shape) * (self.df[self.c].unsqueeze(-1) / chi2).sqrt()

@@ -19,7 +19,7 @@ import torch
 from . import __version__
 from .config import DataConfig, ModelConfig, TrainConfig
 from .data import DATASETS, load_dataset, prepare
-from .metrics import cluster_latent, elbo, hungarian_match, iwae, level_scores
+from .metrics import cluster_latent, elbo, hungarian_match, iwae, level_scores, nesting_score
 from .models import build_model, check_model_name
 from .train import CountTensors, fit, seed_everything
 
@@ -93,11 +93,20 @@ def annotate(model, adata: ad.AnnData, seed: int = 0) -> ad.AnnData:
 def evaluate(model, adata: ad.AnnData, n_iwae_samples: int = 100, seed: int = 0) -> dict:
     """Clustering scores on all cells per label level; IWAE and ELBO per cell on the test split.
 
+    Each level also gets ``nesting`` (:func:`~hiermix_pyro.metrics.nesting_score` of its clusters
+    inside the previous level's; NaN at the first level) and ``nesting_labels`` (the same for the
+    true labels, 1 for a strict hierarchy).
+
     Needs :func:`annotate` first (it reads ``obs['cluster_<level>']``).
     """
     seed_everything(seed)
     levels = adata.uns["hiermix"]["levels"]
     scores = level_scores(adata.obs, levels, [adata.obs[f"cluster_{lvl}"].to_numpy() for lvl in levels])
+    for i in range(len(levels)):  # how far level-i clusters (and, as reference, labels) nest in level i-1's
+        coarse, fine = levels[i - 1], levels[i]
+        scores[i]["nesting"] = nesting_score(adata.obs[f"cluster_{coarse}"].to_numpy(),
+                                             adata.obs[f"cluster_{fine}"].to_numpy()) if i else float("nan")
+        scores[i]["nesting_labels"] = nesting_score(adata.obs[coarse].to_numpy(), adata.obs[fine].to_numpy()) if i else float("nan")
     device = next(model.parameters()).device
     split = "test" if (adata.obs["split"] == "test").any() else None
     data = CountTensors.from_adata(adata, device, split)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from ..config import ModelConfig
 from .base import CountModel
+from .indmom import IndMoMVAE
 from .mixture import MixtureVAE
+from .momix import MoMixVAE
 from .vae import VAE
 from .vampprior import VampPrior
 from .gmm import GMM
@@ -13,6 +15,8 @@ from .vmm import VMM
 MODELS: dict[str, type[CountModel]] = {
     "vae": VAE,
     "mixture": MixtureVAE,
+    "indmom": IndMoMVAE,
+    "momix": MoMixVAE,
     "vampprior": VampPrior,
     "gmm": GMM,
     "vmm": VMM,
@@ -30,4 +34,4 @@ def build_model(name: str, adata, config: ModelConfig = ModelConfig()) -> CountM
     return MODELS[name].from_adata(adata, config)
 
 
-__all__ = ["MODELS", "CountModel", "VAE", "MixtureVAE", "VampPrior", "GMM", "VMM", "build_model", "check_model_name"]
+__all__ = ["MODELS", "CountModel", "VAE", "MixtureVAE", "IndMoMVAE", "MoMixVAE", "VampPrior", "GMM", "VMM", "build_model", "check_model_name"]

@@ -1,0 +1,95 @@
+"""Time one SVI step of each model on the same minibatch, in one process, with the same threads.
+
+    .venv/bin/python benchmarks/step_time.py [--threads 1] [--rounds 5] [--steps 10]
+
+Data: pbmc_sorted, 9 populations (CD14+ monocytes dropped), 500 HVGs; one fixed batch of 128
+cells; latent 20, MLP 2 x 100, NB. Models are timed in interleaved rounds (each round runs
+every model for ``--steps`` steps after its warm-up), so machine load that drifts during the
+run hits all models alike; the median over rounds is reported, with its ratio to ``vae``
+(same ELBO class, jit or not). Writes ``benchmarks/results/step_time.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyro
+import torch
+from pyro.infer import SVI
+from pyro.optim import ClippedAdam
+
+from hiermix_pyro.config import DataConfig, ModelConfig
+from hiermix_pyro.models import build_model
+from hiermix_pyro.train import CountTensors, make_elbo, seed_everything
+from hiermix_pyro.workflow import load
+
+VARIANTS = [  # (label, model name, ModelConfig options, jit)
+    ("vae", "vae", {}, False),
+    ("mixture", "mixture", {}, False),
+    ("indmom", "indmom", {}, False),
+    ("momix collapsed normal", "momix", dict(guide="collapsed", prior="normal"), False),
+    ("momix collapsed studentt", "momix", dict(guide="collapsed", prior="studentt"), False),
+    ("momix structured normal", "momix", dict(guide="structured", prior="normal"), False),
+    ("momix structured studentt", "momix", dict(guide="structured", prior="studentt"), False),
+    ("vae (jit)", "vae", {}, True),
+    ("momix collapsed normal (jit)", "momix", dict(guide="collapsed", prior="normal"), True),
+    ("momix collapsed studentt (jit)", "momix", dict(guide="collapsed", prior="studentt"), True),
+]
+SLOW = {"momix structured normal", "momix structured studentt"}  # fewer steps per round
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--skip", nargs="*", default=[], help="labels of variants to leave out")
+    p.add_argument("--csv", default="benchmarks/results/step_time.csv")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    adata = load(DataConfig(dataset="pbmc_sorted", drop_labels=("CD14+ Monocyte",), n_hvg=500))
+    x, s = CountTensors.from_adata(adata, split="train")[: a.batch_size]
+    n_obs = int((adata.obs["split"] == "train").sum())
+    args = (x,) if s is None else (x, s)  # the jit traces tensors only: no None argument
+    runners, store = {}, pyro.get_param_store()
+    for label, name, options, jit in VARIANTS:
+        if label in a.skip:
+            continue
+        seed_everything(0)
+        model = build_model(name, adata, ModelConfig(latent_dim=20, hidden_dims=(100, 100), **options))
+        with store.scope() as state:  # models share parameter names: one store each
+            svi = SVI(model.model, model.guide, ClippedAdam({"lr": 1e-3}), make_elbo(model, jit=jit))
+            beta = torch.tensor(1.0) if jit else 1.0
+            for _ in range(3):  # warm-up (and jit compilation)
+                svi.step(*args, n_obs=n_obs, beta=beta)
+        runners[label] = (svi, beta, state)
+    times = {label: [] for label in runners}
+    for _ in range(a.rounds):
+        for label, (svi, beta, state) in runners.items():
+            n = max(1, a.steps // 5) if label in SLOW else a.steps
+            with store.scope(state):
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    svi.step(*args, n_obs=n_obs, beta=beta)
+                times[label].append((time.perf_counter() - t0) / n)
+    rows = []
+    for label, ts in times.items():
+        ms = 1e3 * statistics.median(ts)
+        ref = "vae (jit)" if label.endswith("(jit)") and "vae (jit)" in times else "vae"
+        rows.append(dict(variant=label, ms_per_step=round(ms, 2),
+                         ratio_to_vae=round(ms / (1e3 * statistics.median(times[ref])), 2), reference=ref,
+                         ratio_to_plain_vae=round(ms / (1e3 * statistics.median(times["vae"])), 2),
+                         threads=a.threads, batch_size=a.batch_size, rounds=a.rounds))
+    df = pd.DataFrame(rows)
+    Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(a.csv, index=False)
+    print(df.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
