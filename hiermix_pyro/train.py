@@ -92,6 +92,33 @@ def make_elbo(model, jit: bool = False, num_particles: int = 1):
     return cls(max_plate_nesting=model.max_plate_nesting, num_particles=num_particles, **kwargs)
 
 
+class Stepper:
+    """SVI steps with everything that changes between steps passed as tensors.
+
+    Pyro's JIT treats keyword arguments as constants (a changing ``beta`` would recompile every
+    step) and cannot trace ``None``; so ``n_obs`` is bound once, a missing batch covariate
+    travels as a zero-width tensor, and ``beta`` and the model's ``schedule()`` values are
+    positional tensors. The same path is used with and without JIT.
+    """
+
+    def __init__(self, model, optim, n_obs: int, jit: bool = False):
+        self.model = model
+        self.keys = sorted(model.schedule(0.0, 1.0))
+
+        def bind(fn):
+            def bound(x, s, beta, *extra):
+                s = s if s.shape[-1] else None
+                return fn(x, s, n_obs=n_obs, beta=beta, **dict(zip(self.keys, extra)))
+            return bound
+
+        self.svi = SVI(bind(model.model), bind(model.guide), optim, make_elbo(model, jit=jit))
+
+    def step(self, x, s, beta: float, progress: float = 0.0) -> float:
+        extra = self.model.schedule(progress, beta)
+        s = x.new_zeros(x.shape[0], 0) if s is None else s
+        return self.svi.step(x, s, x.new_tensor(beta), *(x.new_tensor(extra[k]) for k in self.keys))
+
+
 @torch.no_grad()
 def evaluate_loss(model, data: CountTensors, batch_size: int = 512, elbo=None) -> float:
     """Negative ELBO per cell (KL weight 1) on ``data``."""
@@ -139,8 +166,7 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
         )
     pyro.clear_param_store()
     optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
-    elbo = make_elbo(model, jit=config.jit)
-    svi = SVI(model.model, model.guide, optim, elbo)
+    stepper = Stepper(model, optim, n_obs=len(train), jit=config.jit)
     steps_per_epoch = len(train) // config.batch_size if config.jit else math.ceil(len(train) / config.batch_size)
     warmup_steps = config.warmup_epochs * steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
@@ -164,12 +190,11 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
                 break
             t0 = time.perf_counter()
             model.train()
-            total = 0.0
+            total, seen = 0.0, 0
             step = epoch * steps_per_epoch
             for x, s in train.batches(config.batch_size, shuffle=True, drop_last=config.jit):
                 beta = kl_weight(step, warmup_steps)
-                extra = model.schedule(step / total_steps, beta)
-                loss = svi.step(x, s, n_obs=len(train), beta=torch.tensor(beta) if config.jit else beta, **extra)
+                loss = stepper.step(x, s, beta, progress=step / total_steps)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"the loss became {loss} at epoch {epoch + 1}, step {step}; "
                                              "try a lower lr or a smaller clip_norm")
@@ -177,9 +202,10 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
                 for hook in step_hooks:
                     hook(model, x, s, beta)
                 total += loss * x.shape[0] / len(train)  # loss is scaled to the whole training set
+                seen += x.shape[0]
                 step += 1
             model.eval()
-            train_loss = total / len(train)
+            train_loss = total / seen
             val_loss = evaluate_loss(model, val) if len(val) else float("nan")
             seconds = time.perf_counter() - t0
             for key, value in zip(history, (epoch + 1, train_loss, val_loss, beta, seconds)):
