@@ -73,7 +73,8 @@ def collect(out_dir) -> pd.DataFrame:
         for level in m["levels"]:
             rows.append(dict(variant=spec, model=m["model"], dataset=m["dataset"], seed=m["seed"],
                              device=m["device"], epochs=m["epochs"], seconds_per_epoch=m["seconds_per_epoch"],
-                             iwae=m["iwae"], elbo=m["elbo"], **level))
+                             iwae=m["iwae"], elbo=m["elbo"], **level,
+                             **{f"scib_{k}": v for k, v in m.get("scib", {}).items() if k != "metrics"}))
     return pd.DataFrame(rows)
 
 

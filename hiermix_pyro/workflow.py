@@ -110,13 +110,26 @@ def evaluate(model, adata: ad.AnnData, n_iwae_samples: int = 100, seed: int = 0)
     device = next(model.parameters()).device
     split = "test" if (adata.obs["split"] == "test").any() else None
     data = CountTensors.from_adata(adata, device, split)
+    integration = _integration_scores(adata)
     return dict(
         levels=scores,
         iwae=float(np.mean(iwae(model, data, n_samples=n_iwae_samples))),
         elbo=float(elbo(model, data)),
         likelihood_split=split or "all",
         n_iwae_samples=n_iwae_samples,
+        **({"scib": integration} if integration else {}),
     )
+
+
+def _integration_scores(adata) -> dict | None:
+    """scIB scores of ``obsm['X_latent']`` when the data have a batch key and ``scib-metrics`` is
+    installed (the ``scib`` extra); ``HIERMIX_SCIB=0`` skips them (they take minutes on a CPU)."""
+    from .metrics.integration import scib_available, scib_scores
+
+    batch_key = adata.uns["hiermix"].get("batch_key")
+    if not batch_key or not scib_available() or os.environ.get("HIERMIX_SCIB", "").lower() in ("0", "false", "no"):
+        return None
+    return scib_scores(adata, batch_key, adata.uns["hiermix"]["levels"][-1])
 
 
 def default_output_dir(model: str, dataset: str, seed: int, smoke: bool = False) -> Path:

@@ -227,3 +227,18 @@ def test_recovers_five_clusters(name, five_clusters):
     nmi = normalized_mutual_info_score(adata.obs["L1"], clusters)
     assert 4 <= used <= 10, used
     assert nmi > 0.85, nmi
+
+
+# ---- batch integration metrics ----
+
+
+def test_scib_missing_names_the_extra(monkeypatch):
+    import sys
+
+    from hiermix_pyro.metrics import integration
+
+    monkeypatch.setitem(sys.modules, "scib_metrics", None)
+    monkeypatch.setitem(sys.modules, "scib_metrics.benchmark", None)
+    assert not integration.scib_available()
+    with pytest.raises(ImportError, match=r"hiermix-pyro\[scib\]"):
+        integration.scib_scores(None, "batch", "label")
