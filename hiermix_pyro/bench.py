@@ -78,6 +78,22 @@ def collect(out_dir) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def load_results(pattern: str = "*.csv", results_dir=RESULTS_DIR) -> pd.DataFrame:
+    """All committed result tables matching ``pattern``, with a ``table`` column (file stem)."""
+    frames = [pd.read_csv(path).assign(table=path.stem) for path in sorted(Path(results_dir).glob(pattern))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def mean_sd(df: pd.DataFrame, metric: str, by=("variant",), columns="level", digits: int = 2) -> pd.DataFrame:
+    """A ``mean ± sd`` (over seeds) table of one metric: rows ``by``, columns ``columns``."""
+    g = df.groupby([*by, columns], sort=False)[metric]
+    cell = (g.mean().round(digits).astype(str) + " ± " + g.std().fillna(0).round(digits).astype(str))
+    return cell.unstack(columns)
+
+
 def summarise(df: pd.DataFrame, metrics=("ari", "nmi", "weighted_f1", "accuracy", "utilized_clusters",
                                          "iwae", "seconds_per_epoch")) -> pd.DataFrame:
     """Mean and standard deviation over seeds, per variant and level."""
