@@ -40,9 +40,10 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
         emb = pca_embedding(train, model.config.latent_dim, seed)
         labels = [KMeans(k, n_init=10, random_state=seed).fit_predict(emb) for k in K]
     else:
-        emb = vae_pretrain(model, adata, seed)[(adata.obs["split"] == "train").to_numpy() if "split" in adata.obs else slice(None)]
+        emb, q_var = vae_pretrain(model, adata, seed)
+        emb = emb[(adata.obs["split"] == "train").to_numpy() if "split" in adata.obs else slice(None)]
         labels = nested_kmeans(emb, K, seed)
-    set_components(model, emb, labels)
+    set_components(model, emb, labels, q_var if method == "vae_kmeans" else None)
     return model
 
 
@@ -72,7 +73,7 @@ def nested_kmeans(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarra
 def vae_pretrain(model, adata, seed: int = 0) -> np.ndarray:
     """Train a plain VAE with ``model``'s encoder/decoder shapes for ``config.init_epochs``,
     copy its encoder (trunk and Gaussian head), decoder and dispersion into ``model``, and
-    return the VAE's latent means of all cells ``[N, D]``."""
+    return the VAE's latent means of all cells ``[N, D]`` and its mean posterior variance ``[D]``."""
     from .models.vae import VAE
     from .train import CountTensors, fit
 
@@ -88,7 +89,8 @@ def vae_pretrain(model, adata, seed: int = 0) -> np.ndarray:
     model.load_state_dict(own)
     data = CountTensors.from_adata(adata)
     with torch.no_grad():
-        return torch.cat([vae.latent(x, s) for x, s in data.batches(512)]).numpy()
+        qs = [vae.q_z(x, s).base_dist for x, s in data.batches(512)]
+    return torch.cat([q.loc for q in qs]).numpy(), torch.cat([q.scale for q in qs]).pow(2).mean(0)
 
 
 def _train_config(epochs: int, seed: int):
@@ -99,33 +101,39 @@ def _train_config(epochs: int, seed: int):
 
 
 @torch.no_grad()
-def set_components(model, emb: np.ndarray, labels: list[np.ndarray], pseudo_count: float = 0.01) -> None:
-    """Component means, scales and prior weights from per-level clusterings of ``emb``."""
+def set_components(model, emb: np.ndarray, labels: list[np.ndarray], q_var=None, pseudo_count: float = 0.01) -> None:
+    """Component means, scales and prior weights from per-level clusterings of ``emb``.
+
+    ``q_var`` ``[D]``: the encoder's mean posterior variance, added to every component's
+    within-cluster variance: z drawn from q(z | x) scatter that much around the cell's mean
+    (without it, latent dimensions the VAE left unused get near-zero scales and random clusters).
+    """
     emb = torch.as_tensor(emb, dtype=torch.float32)
-    sd = emb.std(0).clamp(min=1e-3)  # [D]
+    extra = torch.zeros(emb.shape[1]) if q_var is None else torch.as_tensor(q_var, dtype=torch.float32)
+    sd = (emb.var(0) + extra).sqrt().clamp(min=1e-3)  # [D]
+
+    def spread(cells):  # component scale of a cluster, [D]
+        return (cells.var(0) + extra).sqrt().clamp(min=1e-2) if len(cells) > 2 else sd / math.sqrt(max(model.level_sizes))
+
     if hasattr(model, "offsets"):
-        _set_momix(model, emb, labels, sd, pseudo_count)
+        _set_momix(model, emb, labels, sd, spread, pseudo_count)
     else:
-        _set_indmom(model, emb, labels, sd, pseudo_count)
+        _set_indmom(model, emb, labels, sd, spread, pseudo_count)
 
 
-def _set_indmom(model, emb, labels, sd, pseudo_count):
+def _set_indmom(model, emb, labels, sd, spread, pseudo_count):
     for l, (lab, K) in enumerate(zip(labels, model.level_sizes)):
         first = int(model.first[l])
         lab = torch.as_tensor(lab)
         for k in range(K):
             cells = emb[lab == k]
-            if len(cells) > 1:
-                model.mu[first + k] = cells.mean(0)
-                model.log_sigma[first + k] = cells.std(0).clamp(min=1e-2).log()
-            else:
-                model.mu[first + k] = emb.mean(0) + 0.1 * sd * torch.randn_like(sd)
-                model.log_sigma[first + k] = sd.log()
+            model.mu[first + k] = cells.mean(0) if len(cells) else emb.mean(0) + 0.1 * sd * torch.randn_like(sd)
+            model.log_sigma[first + k] = spread(cells).log()
         counts = torch.bincount(lab, minlength=K).float()
         model.prior_logits[l].copy_((counts + pseudo_count).log())
 
 
-def _set_momix(model, emb, labels, sd, pseudo_count):
+def _set_momix(model, emb, labels, sd, spread, pseudo_count):
     Ks, L = model.level_sizes, len(model.level_sizes)
     a = model.log_level_scale.exp()
     lab = torch.as_tensor(np.stack(labels, 1))  # [N, L]
@@ -144,6 +152,5 @@ def _set_momix(model, emb, labels, sd, pseudo_count):
         model.prior_logits[l].copy_((counts + pseudo_count).log())
     log_sd = torch.empty(model.n_paths, emb.shape[1])
     for p, prefix in enumerate(np.ndindex(*Ks)):
-        mask = (lab == torch.tensor(prefix)).all(1)
-        log_sd[p] = (emb[mask].std(0) if int(mask.sum()) > 2 else sd / math.sqrt(max(Ks))).clamp(min=1e-2).log()
+        log_sd[p] = spread(emb[(lab == torch.tensor(prefix)).all(1)]).log()
     model.log_sigma.copy_(log_sd)

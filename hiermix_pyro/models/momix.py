@@ -140,6 +140,8 @@ class MoMixVAE(CountModel):
         pyro.module("momix", self)
         loc, scale, df = self.components()  # [P, D]
         enum = {"enumerate": "parallel"} if self.config.guide == "collapsed" else {}
+        if usage_lambda and self.config.guide == "structured":  # q(y | x) needs no z: before the y's
+            self._usage_factor(x, s, None, usage_lambda, n_obs)
         with self.cells(x, n_obs):
             with poutine.scale(scale=beta):
                 ys = []
@@ -149,11 +151,16 @@ class MoMixVAE(CountModel):
                 c = self.path_index(ys)  # [KL, ..., K1, 1]
                 z = pyro.sample("z", ComponentDensity(c, loc, scale, df, x.shape[0]))  # [K?, B, D]
             pyro.sample("x", self.px(z, x, s), obs=x)  # [K?, B, G]
-        if usage_lambda:  # lambda * sum_l KL(mean_B q(yl | x) || p(yl)), n_obs x per-batch weight
-            q_bar = [p.mean(0) for p in self._usage_probs(x, s, z)]
-            p_bar = self._level_marginals(self.log_prior_paths().exp().unsqueeze(0))
-            kl = sum((q * (q.clamp(min=1e-10).log() - p[0].clamp(min=1e-10).log())).sum() for q, p in zip(q_bar, p_bar))
-            pyro.factor("usage", -usage_lambda * (n_obs or x.shape[0]) * kl)
+        if usage_lambda and self.config.guide == "collapsed":
+            self._usage_factor(x, s, z, usage_lambda, n_obs)
+
+    def _usage_factor(self, x, s, z, usage_lambda, n_obs):
+        """lambda * sum_l KL(mean_B q(yl | x) || p(yl)); times n_obs, as the ELBO is a sum over
+        the training set while the reference added lambda * KL to a per-cell mean."""
+        q_bar = [p.mean(0) for p in self._usage_probs(x, s, z)]
+        p_bar = self._level_marginals(self.log_prior_paths().exp().unsqueeze(0))
+        kl = sum((q * (q.clamp(min=1e-10).log() - p[0].clamp(min=1e-10).log())).sum() for q, p in zip(q_bar, p_bar))
+        pyro.factor("usage", -usage_lambda * (n_obs or x.shape[0]) * kl)
 
     def guide(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0):
         pyro.module("momix", self)
