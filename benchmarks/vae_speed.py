@@ -16,6 +16,8 @@ Needs scvi-tools (< 1.5 on Python 3.11) in the same environment, e.g. a separate
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,28 +63,46 @@ def scvi_tools(adata):
     return lambda epochs: model.train(max_epochs=epochs, **kwargs)
 
 
+TOOLS = {
+    "scvi-tools SCVI": lambda adata: scvi_tools(adata),
+    "hiermix vae": lambda adata: ours(adata, jit=False, validation=True),
+    "hiermix vae (Pyro validation off)": lambda adata: ours(adata, jit=False, validation=False),
+    "hiermix vae (jit, validation off)": lambda adata: ours(adata, jit=True, validation=False),
+}
+
+
+def load():
+    return prepare(load_dataset("pbmc_sorted"), n_hvg=500, split=(0.9, 0.0, 0.1), seed=0)
+
+
+def worker(tool: str, epochs: int) -> None:
+    """Time one tool in a process of its own (Pyro's parameter store is global)."""
+    train = TOOLS[tool](load())
+    train(1)  # warm-up and JIT compilation, untimed
+    t0 = time.perf_counter()
+    train(epochs)
+    print(f"SECONDS {time.perf_counter() - t0}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the median is kept")
     p.add_argument("--csv", default="benchmarks/results/vae_speed.csv")
+    p.add_argument("--worker", choices=list(TOOLS), help=argparse.SUPPRESS)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    adata = prepare(load_dataset("pbmc_sorted"), n_hvg=500, split=(0.9, 0.0, 0.1), seed=0)
-    n = int((adata.obs["split"] == "train").sum())
-    tools = {"scvi-tools SCVI": scvi_tools(adata),
-             "hiermix vae": ours(adata, jit=False, validation=True),
-             "hiermix vae (Pyro validation off)": ours(adata, jit=False, validation=False),
-             "hiermix vae (jit, validation off)": ours(adata, jit=True, validation=False)}
-    for train in tools.values():  # warm-up (and JIT compilation), untimed
-        train(1)
-    seconds = {name: [] for name in tools}
-    for _ in range(a.rounds):  # interleaved rounds: load from other processes hits every tool alike
-        for name, train in tools.items():
-            t0 = time.perf_counter()
-            train(a.epochs)
-            seconds[name].append(time.perf_counter() - t0)
+    if a.worker:
+        return worker(a.worker, a.epochs)
+    seconds = {name: [] for name in TOOLS}
+    for r in range(a.rounds):  # interleaved rounds: load from other processes hits every tool alike
+        for name in TOOLS:
+            cmd = [sys.executable, __file__, "--worker", name, "--epochs", str(a.epochs), "--threads", str(a.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            seconds[name].append(float(out.split("SECONDS")[-1]))
+            print(f"round {r + 1}: {name}: {seconds[name][-1]:.2f} s", flush=True)
+    n = int((load().obs["split"] == "train").sum())
     rows = []
     for name, times in seconds.items():
         med = float(np.median(times))
