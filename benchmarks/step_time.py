@@ -1,4 +1,5 @@
-"""Time one SVI step of each model on the same minibatch, in one process, with the same threads.
+"""Time one SVI step of each model on the same minibatch, in one process, with the same threads
+(components initialised at random: the initialisation does not change the cost of a step).
 
     .venv/bin/python benchmarks/step_time.py [--threads 1] [--rounds 5] [--steps 10]
 
@@ -61,7 +62,7 @@ def main(argv=None):
         if label in a.skip:
             continue
         seed_everything(0)
-        model = build_model(name, adata, ModelConfig(latent_dim=20, hidden_dims=(100, 100), **options))
+        model = build_model(name, adata, ModelConfig(latent_dim=20, hidden_dims=(100, 100), init="random", **options))
         with store.scope() as state:  # models share parameter names: one store each
             svi = SVI(model.model, model.guide, ClippedAdam({"lr": 1e-3}), make_elbo(model, jit=jit))
             beta = torch.tensor(1.0) if jit else 1.0
