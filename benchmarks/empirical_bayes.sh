@@ -25,6 +25,8 @@ tech() {  # three 10x chemistries, batch one-hot in encoder and decoder; scIB sc
     bench --dataset pbmc_3tech --batch-key batch --out runs/bench_eb/3tech --csv benchmarks/results/eb_3tech.csv \
       --models "${MODELS[@]}" --seeds $seed "${SET[@]}"
   done
+  # scIB for every finished run at once (plus the unintegrated PCA as a reference row)
+  nice -n 5 $PY -m hiermix_pyro.metrics.integration runs/bench_eb/3tech/*-seed* --csv benchmarks/results/eb_3tech_scib.csv
 }
 
 sweep() {  # batch size and EM learning rate -> utilised clusters, on simulated data (16 leaves), seed 0
