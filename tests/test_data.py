@@ -331,3 +331,12 @@ def test_download_pbmc_purified_offline(tmp_path):
     assert (again.X != adata.X).nnz == 0
     loaded = load_dataset(again, labels_key="cell_type")
     assert loaded.uns["hiermix"]["levels"] == ["L1", "L2", "L3", "L4"]
+
+
+@pytest.mark.skipif(not TECH_FILE.exists(), reason="pbmc_3tech.h5ad not available")
+def test_hvg_on_few_cells_of_real_data():
+    """Smoke runs subsample real data to 300 cells, where seurat_v3's default loess is singular."""
+    adata = load_dataset("pbmc_3tech")
+    with pytest.warns(UserWarning, match="wider span"):
+        small = prepare(adata, n_hvg=100, subsample=300, seed=0)
+    assert small.n_vars == 100 and small.uns["hiermix"]["n_hvg"] == 100

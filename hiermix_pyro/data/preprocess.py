@@ -102,14 +102,32 @@ def prepare(
     adata = adata[np.sort(keep)].copy()
     n_selected = None
     if n_hvg is not None and n_hvg < adata.n_vars:
-        sc.pp.highly_variable_genes(
-            adata, flavor="seurat_v3", n_top_genes=n_hvg, batch_key=info["batch_key"], subset=True
-        )
+        adata = _select_hvg(adata, n_hvg, info["batch_key"])
         n_selected = adata.n_vars
     adata = _drop_empty_cells(adata)
     adata.obs["split"] = _split_labels(adata.obs[info["labels_key"]].to_numpy(), split, seed)
     adata.uns["hiermix"] = {**info, "n_hvg": n_selected}
     return adata
+
+
+def _select_hvg(adata: ad.AnnData, n_hvg: int, batch_key: str | None) -> ad.AnnData:
+    """scanpy's seurat_v3 on counts. Its loess fit of variance on mean can be singular on few
+    cells (subsampled or smoke-test data); then retry, without undetected genes, with a wider
+    span (0.5, then 1.0) and say so. Full datasets keep scanpy's defaults exactly."""
+    for span in (0.3, 0.5, 1.0):
+        try:
+            sc.pp.highly_variable_genes(
+                adata, flavor="seurat_v3", n_top_genes=n_hvg, batch_key=batch_key, span=span, subset=True
+            )
+            return adata
+        except ValueError as err:  # skmisc's loess: "There are other near singularities ..."
+            if "singular" not in str(err):
+                raise
+            warnings.warn(f"seurat_v3's loess fit was singular with span {span} on {adata.n_obs} cells; "
+                          "retrying with a wider span")
+            adata = adata[:, np.asarray((adata.X > 0).sum(0)).ravel() > 0].copy()
+    raise ValueError(f"highly variable gene selection failed on {adata.n_obs} cells even with span 1.0: "
+                     "use more cells (subsample) or n_hvg=None")
 
 
 def _drop_empty_cells(adata: ad.AnnData) -> ad.AnnData:
