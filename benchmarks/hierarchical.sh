@@ -22,3 +22,6 @@ bench() { nice -n 5 $PY -m hiermix_pyro.bench "${COMMON[@]}" --csv $CSV "$@"; }
 for seed in 0 1 2; do
   bench --models "$MOMIX_CN" "$MOMIX_CT" "$INDMOM" "$MIXTURE" --seeds $seed
 done
+
+# the CSV of whatever has finished (each bench call also rewrites it when it ends):
+# $PY -c 'from hiermix_pyro.bench import collect; collect("runs/bench_hier").to_csv("'$CSV'", index=False)'
