@@ -79,7 +79,8 @@ def vae_pretrain(model, adata, seed: int = 0) -> np.ndarray:
 
     cfg = model.config
     vae = VAE(model.n_genes, model.n_batches, cfg)
-    fit(vae, adata, _train_config(cfg.init_epochs, seed))
+    n_train = int((adata.obs["split"] == "train").sum())
+    fit(vae, adata, _train_config(cfg.init_epochs, seed, batch_size=min(128, n_train)))
     own = model.state_dict()
     for name, value in vae.state_dict().items():
         if own[name].shape == value.shape:
@@ -93,11 +94,11 @@ def vae_pretrain(model, adata, seed: int = 0) -> np.ndarray:
     return torch.cat([q.loc for q in qs]).numpy(), torch.cat([q.scale for q in qs]).pow(2).mean(0)
 
 
-def _train_config(epochs: int, seed: int):
+def _train_config(epochs: int, seed: int, batch_size: int = 128):
     from .config import TrainConfig
 
     return replace(TrainConfig(), epochs=max(1, epochs), warmup_epochs=min(5, max(1, epochs // 2)), patience=0,
-                   seed=seed, progress=False, device="cpu")
+                   seed=seed, progress=False, device="cpu", batch_size=batch_size)
 
 
 @torch.no_grad()

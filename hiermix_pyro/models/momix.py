@@ -114,7 +114,7 @@ class MoMixVAE(CountModel):
     # ---- the prior, as [P]-sized tables in row-major path order ----
     def log_prior_paths(self) -> torch.Tensor:
         """log p(y1..yL) for every path: ``[K1, ..., KL]``."""
-        out = torch.zeros(())
+        out = self.log_sigma.new_zeros(())
         for l, logits in enumerate(self.prior_logits):
             out = out.unsqueeze(-1) + F.log_softmax(logits, -1)  # [K1..Kl]
         return out
@@ -123,7 +123,7 @@ class MoMixVAE(CountModel):
         """loc, scale ``[P, D]`` and df ``[P]`` (None for Gaussian components)."""
         a = self.log_level_scale.exp()
         D = self.config.latent_dim
-        loc = torch.zeros(D)
+        loc = self.log_sigma.new_zeros(D)
         for l, delta in enumerate(self.offsets):
             loc = loc.unsqueeze(-2) + a[l] * delta  # [K1..Kl, D]
         df = F.softplus(self.df_raw) + 1.0 if self.config.prior == "studentt" else None
@@ -230,7 +230,7 @@ class MoMixVAE(CountModel):
 
     def _all_paths(self):
         """(y1, ..., yL) of every path in row-major order: L tensors of shape ``[P]``."""
-        grids = torch.meshgrid(*[torch.arange(k) for k in self.level_sizes], indexing="ij")
+        grids = torch.meshgrid(*[torch.arange(k, device=self.log_sigma.device) for k in self.level_sizes], indexing="ij")
         return [g.reshape(-1) for g in grids]
 
     def log_p_z(self, z):
