@@ -16,7 +16,7 @@ from ..config import ModelConfig
 from ..nn import Encoder
 from ..priors import GaussianMixture, expected_normal_log_prob_matrix, precision_tril
 from .base import CountModel, n_batches
-from .gmm import MixturePriorParams, e_step, gradient_m_step, map_objective
+from .gmm import GMM, MixturePriorParams, e_step, gradient_m_step, map_objective
 from .vampprior import DEFAULT_K, PseudoInputs, pseudo_input_init
 
 
@@ -88,11 +88,7 @@ class VMM(CountModel):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # ---- Empirical-Bayes EM (called by the training loop after every SVI step) ----
-    def schedule(self, progress: float, beta: float) -> dict:
-        """M-steps wait for the end of the KL warm-up (``em_after_warmup``): the latent space has
-        some structure by then, and components fitted to an unstructured one would be switched off."""
-        self.em_active = beta >= 1.0 or not self.config.em_after_warmup
-        return {}
+    schedule = GMM.schedule  # the same rule: M-steps start when the KL warm-up ends
 
     def expected_log_lik(self, z_loc, z_var=None) -> torch.Tensor:
         """E_q(mu_k)[log N(z_n | mu_k, Lambda_k^{-1})]: ``[B, K]`` (differentiable in Lambda and u)."""
