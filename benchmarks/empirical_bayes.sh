@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact commands behind benchmarks/results/eb_*.csv (issue 4: VampPrior, Bayesian GMM, VMM).
 # Package defaults unless set: latent 10, MLP 1 x 128, NB, batch 128, KL warm-up 5 epochs, early
-# stopping patience 20, at most 40 epochs (see SET); K = 100 for vampprior / gmm / vmm; EM: gradient
+# stopping patience 20, at most 100 epochs (see SET); K = 100 for vampprior / gmm / vmm; EM: gradient
 # M-step with em_lr 1e-3 (the default, chosen from the sweep below), starting after the warm-up. vae is scored with k-means (k = classes)
 # on its latent, as the workflow does. The machine has 2 shared cores: one training process at
 # a time, one torch thread, niced. Run sections by name: empirical_bayes.sh sorted tech sweep
@@ -9,36 +9,35 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 bench() { nice -n 5 $PY -m hiermix_pyro.bench --threads 1 --n-hvg 500 --n-iwae-samples 20 "$@"; }
-SET=(--set epochs=40)  # the shared 2-core machine ran ~5x slower than PERF-NOTES: 40 epochs, not 100
+SET=(--set epochs=${EPOCHS:-100})
+OUT=runs/bench_eb/e${EPOCHS:-100}
 MODELS=(vmm gmm vampprior vae)
 export HIERMIX_SCIB=0  # scIB is scored afterwards for all runs in one process (JIT compiles once): see tech()
 
 sorted() {  # all 10 sorted populations, finest level L4
   for seed in ${SEEDS:-0 1 2}; do
-    bench --dataset pbmc_sorted --out runs/bench_eb/sorted --csv benchmarks/results/eb_sorted.csv \
+    bench --dataset pbmc_sorted --out $OUT/sorted --csv benchmarks/results/eb_sorted.csv \
       --models "${MODELS[@]}" "vmm:em_lr=0.01" "gmm:em_lr=0.01" --seeds $seed "${SET[@]}"
   done
 }
 
 tech() {  # three 10x chemistries, batch one-hot in encoder and decoder; scIB scores (needs the scib extra)
   for seed in ${SEEDS:-0 1 2}; do
-    bench --dataset pbmc_3tech --batch-key batch --out runs/bench_eb/3tech --csv benchmarks/results/eb_3tech.csv \
+    bench --dataset pbmc_3tech --batch-key batch --out $OUT/3tech --csv benchmarks/results/eb_3tech.csv \
       --models "${MODELS[@]}" --seeds $seed "${SET[@]}"
   done
   # scIB for every finished run at once (plus the unintegrated PCA as a reference row)
-  nice -n 5 $PY -m hiermix_pyro.metrics.integration runs/bench_eb/3tech/*-seed* --csv benchmarks/results/eb_3tech_scib.csv
+  nice -n 5 $PY -m hiermix_pyro.metrics.integration $OUT/3tech/*-seed* --csv benchmarks/results/eb_3tech_scib.csv
 }
 
-sweep() {  # batch size and EM learning rate -> utilised clusters, on simulated data (16 leaves), seed 0
-  # (cheap stand-in for a pbmc_sorted sweep, which did not fit the time on the shared machine)
-  local sim=(--dataset simulated --seeds 0 --set epochs=60)
-  bench "${sim[@]}" --out runs/bench_eb/sweep_lr --csv benchmarks/results/eb_sweep_em_lr.csv \
-    --models "vmm:n_components=30,em_lr=0.001" "vmm:n_components=30,em_lr=0.01" "vmm:n_components=30,em_lr=0.1" \
-             "gmm:n_components=30,em_lr=0.01" "gmm:n_components=30,em_update=closed,em_lr=0.01" \
-             "gmm:n_components=30,em_update=closed,em_lr=0.1"
-  for bs in 32 512; do
-    bench --dataset simulated --seeds 0 --set epochs=60 batch_size=$bs --out runs/bench_eb/sweep_bs$bs \
-      --csv benchmarks/results/eb_sweep_bs$bs.csv --models "vmm:n_components=30,em_lr=0.01"
+sweep() {  # EM learning rate and batch size -> utilised clusters, on pbmc_sorted (10 populations), seed 0
+  local sorted=(--dataset pbmc_sorted --seeds 0)
+  bench "${sorted[@]}" "${SET[@]}" --out $OUT/sweep_lr --csv benchmarks/results/eb_sweep_em_lr.csv \
+    --models "vmm:em_lr=0.0001" "vmm:em_lr=0.001" "vmm:em_lr=0.01" "gmm:em_lr=0.001" \
+             "gmm:em_update=closed,em_lr=0.001" "gmm:em_update=closed,em_lr=0.01"
+  for bs in 64 256; do
+    bench "${sorted[@]}" --set epochs=${EPOCHS:-100} batch_size=$bs --out $OUT/sweep_bs$bs --csv benchmarks/results/eb_sweep_bs$bs.csv \
+      --models "vmm:em_lr=0.001"
   done
 }
 

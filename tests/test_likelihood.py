@@ -24,3 +24,31 @@ def test_iwae_bounds(name, sim_adata):
     # is marginalised over y); with many samples it must lie clearly above
     assert bounds[2] >= e
     assert bounds[0] >= e - 1.0
+
+
+@pytest.mark.parametrize("likelihood", ["nb", "zinb", "poisson"])
+def test_count_log_prob_matches_torch_with_enumerated_means(likelihood):
+    """The cheap forms (terms free of the mean at x's shape) give PyTorch's log-densities,
+    including for one mean per enumerated component ``[K, 1, B, G]`` and a plate expand."""
+    import pyro.distributions as dist
+    import torch
+
+    from hiermix_pyro.likelihoods import count_distribution
+
+    torch.manual_seed(0)
+    x = torch.poisson(torch.rand(5, 7) * 20)  # [B, G], with zeros
+    log_mu = torch.randn(3, 1, 5, 7) + 2.0
+    log_theta = torch.randn(7)
+    gate = torch.randn(3, 1, 5, 7)
+    ours = count_distribution(likelihood, log_mu, log_theta, gate)
+    theta = log_theta.exp().expand(log_mu.shape)
+    ref = {
+        "nb": dist.NegativeBinomial(total_count=theta, logits=log_mu - log_theta),
+        "zinb": dist.ZeroInflatedNegativeBinomial(total_count=theta, logits=log_mu - log_theta, gate_logits=gate),
+        "poisson": dist.Poisson(log_mu.exp()),
+    }[likelihood].to_event(1)
+    assert ours.batch_shape == ref.batch_shape == (3, 1, 5) and ours.event_shape == (7,)
+    torch.testing.assert_close(ours.log_prob(x), ref.log_prob(x))
+    torch.testing.assert_close(ours.expand((2, 3, 4, 5)).log_prob(x), ref.expand((2, 3, 4, 5)).log_prob(x))
+    torch.testing.assert_close(ours.mean, ref.mean)
+    assert ours.sample((2,)).shape == (2, 3, 1, 5, 7)
