@@ -233,19 +233,27 @@ def test_nested_kmeans_nests():
     assert nesting_score(labels[0], labels[1]) == 1.0 and nesting_score(labels[1], labels[2]) == 1.0
 
 
-@pytest.mark.xfail(strict=False, reason="not yet met: levels 1-2 reach ARI 1.0, levels 3-4 about 0.7-0.8 "
-                   "on this short run (sibling leaves merged or grouped under the wrong parent)")
 def test_momix_recovers_simulated_tree():
-    """A well-separated 4-level tree (2/4/8/16 types): level ARI close to 1 at every level."""
-    adata = prepare(simulate_hierarchy(branching=(2, 2, 2, 2), cells_per_leaf=40, n_genes=200, seed=0, effect_size=6.0,
-                                       effect_decay=0.7, de_fraction=0.2, library_sd=0.05), n_hvg=None)
+    """A well-separated 4-level tree (2/4/8/16 types): level ARI close to 1 at every level.
+
+    "Well separated" is checked first: nested k-means on PCA of the log-normalised counts finds
+    every level (ARI >= 0.95). Much larger offsets (effect size 6) are *not* easier: the
+    up-regulated genes of the first split then take most of each library and squeeze the
+    fine-level genes to a few counts, and PCA + k-means itself stops at ARI 0.75 at levels 2-3.
+    """
+    from hiermix_pyro.initialise import nested_kmeans, pca_embedding
+
+    adata = prepare(simulate_hierarchy(branching=(2, 2, 2, 2), cells_per_leaf=40, n_genes=200, seed=0, effect_size=3.0,
+                                       effect_decay=0.8, de_fraction=0.2, library_sd=0.05), n_hvg=None)
+    levels = adata.uns["hiermix"]["levels"]
+    pca_levels = nested_kmeans(pca_embedding(adata, 20), (2, 4, 8, 16))
+    assert min(s["ari"] for s in level_scores(adata.obs, levels, pca_levels)) >= 0.95
     seed_everything(0)
-    cfg = ModelConfig(latent_dim=10, hidden_dims=(64,), init="vae_kmeans", init_epochs=80)
+    cfg = ModelConfig(latent_dim=10, hidden_dims=(128,), init="vae_kmeans", init_epochs=80)
     model = build_model("momix", adata, cfg)
     fit(model, adata, TrainConfig(epochs=20, batch_size=64, lr=3e-3, warmup_epochs=2, patience=0, progress=False))
-    levels = adata.uns["hiermix"]["levels"]
     probs = model.cluster_probs(CountTensors.from_adata(adata).x)
     scores = level_scores(adata.obs, levels, [p.argmax(1).numpy() for p in probs])
     aris = [s["ari"] for s in scores]
-    assert min(aris[:2]) > 0.95, aris  # the coarse levels are recovered
-    assert min(aris) > 0.9, aris
+    assert min(aris[:3]) > 0.99, aris  # the coarse levels are recovered exactly
+    assert aris[3] > 0.9, aris  # 16 leaves: seeds 0-2 gave 0.96-0.98
