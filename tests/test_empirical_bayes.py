@@ -243,3 +243,23 @@ def test_scib_missing_names_the_extra(monkeypatch):
     assert not integration.scib_available()
     with pytest.raises(ImportError, match=r"hiermix-pyro\[scib\]"):
         integration.scib_scores(None, "batch", "label")
+
+
+@pytest.mark.parametrize("name, options", [("gmm", {}), ("gmm", {"em_update": "closed"}), ("vmm", {})])
+def test_resume_continues_exactly_with_em_state(name, options, sim_adata, tmp_path):
+    """The prior's own optimiser (and the closed-form running statistics) travel in the
+    checkpoint: 2 + 2 resumed epochs give the losses of 4 epochs in one go."""
+    ckpt = str(tmp_path / "run.pt")
+
+    def run(epochs, checkpoint_path=None):
+        seed_everything(0)
+        model = build_model(name, sim_adata, ModelConfig(**SMALL, em_lr=0.05, **options))
+        cfg = TrainConfig(epochs=epochs, batch_size=64, warmup_epochs=1, patience=0, progress=False,
+                          checkpoint_path=checkpoint_path)
+        return model, fit(model, sim_adata, cfg)
+
+    _, full = run(4)
+    run(2, ckpt)
+    model, resumed = run(4, ckpt)
+    assert model.em_optim is not None and resumed["epoch"] == [1, 2, 3, 4]
+    torch.testing.assert_close(torch.tensor(resumed["train_loss"]), torch.tensor(full["train_loss"]))

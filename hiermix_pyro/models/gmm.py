@@ -247,6 +247,16 @@ class GMM(CountModel):
             return float(self.objective(z, r).detach())
         return gradient_m_step(lambda: self.objective(z, r), dict(self.prior.named_parameters()), self.em_optim)
 
+    # ---- the EM state is part of the state_dict, so a checkpoint resumes exactly ----
+    def get_extra_state(self) -> dict:
+        return {"em_optim": None if self.em_optim is None else self.em_optim.state_dict(), "stats": self.stats}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.stats, self.em_optim = state["stats"], None
+        if state["em_optim"] is not None:  # the first M-step (which starts the means from data) is past
+            self.em_optim = torch.optim.Adam(self.prior.parameters(), lr=self.config.em_lr)
+            self.em_optim.load_state_dict(state["em_optim"])
+
     @torch.no_grad()
     def closed_form_update(self, z, r) -> None:
         """Stochastic EM: running averages of the minibatch statistics (weight ``em_lr`` on the new

@@ -116,6 +116,16 @@ class VMM(CountModel):
             self.em_optim = torch.optim.Adam(params.values(), lr=self.config.em_lr)
         return gradient_m_step(lambda: self.objective(z, r), params, self.em_optim)
 
+    # ---- the EM state is part of the state_dict, so a checkpoint resumes exactly ----
+    def get_extra_state(self) -> dict:
+        return {"em_optim": None if self.em_optim is None else self.em_optim.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.em_optim = None
+        if state["em_optim"] is not None:
+            self.em_optim = torch.optim.Adam(self.prior_params().values(), lr=self.config.em_lr)
+            self.em_optim.load_state_dict(state["em_optim"])
+
     # ---- inference helpers ----
     def q_z(self, x, s=None):
         loc, scale = self.encoder(x, s)
