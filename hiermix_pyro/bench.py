@@ -18,6 +18,7 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -70,9 +71,12 @@ def collect(out_dir) -> pd.DataFrame:
     for path in sorted(Path(out_dir).glob("*/metrics.json")):
         m = json.loads(path.read_text())
         spec = (path.parent / "variant.txt").read_text() if (path.parent / "variant.txt").exists() else m["model"]
+        history = path.parent / "history.json"  # the median epoch is robust to bursts of load on a shared machine
+        median_s = float(np.median(json.loads(history.read_text())["seconds"])) if history.exists() else np.nan
         for level in m["levels"]:
             rows.append(dict(variant=spec, model=m["model"], dataset=m["dataset"], seed=m["seed"],
                              device=m["device"], epochs=m["epochs"], seconds_per_epoch=m["seconds_per_epoch"],
+                             median_seconds_per_epoch=median_s,
                              iwae=m["iwae"], elbo=m["elbo"], **level,
                              **{f"scib_{k}": v for k, v in m.get("scib", {}).items() if k != "metrics"}))
     return pd.DataFrame(rows)
