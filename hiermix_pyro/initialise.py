@@ -70,7 +70,7 @@ def nested_kmeans(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarra
     return labels
 
 
-def vae_pretrain(model, adata, seed: int = 0) -> np.ndarray:
+def vae_pretrain(model, adata, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]:
     """Train a plain VAE with ``model``'s encoder/decoder shapes for ``config.init_epochs``,
     copy its encoder (trunk and Gaussian head), decoder and dispersion into ``model``, and
     return the VAE's latent means of all cells ``[N, D]`` and its mean posterior variance ``[D]``."""

@@ -180,7 +180,7 @@ class MoMixVAE(CountModel):
 
     def schedule(self, progress: float, beta: float) -> dict:
         """The usage regulariser's weight: lambda for the first half, then cosine-decayed to
-        lambda / 10 (none when ``config.usage_lambda`` is 0, the default)."""
+        lambda / 10 (none when ``config.usage_lambda`` is 0; the default is 100, as in the reference)."""
         return usage_schedule(self.config.usage_lambda, progress)
 
     # ---- structured guide: q(y | x) ----
