@@ -6,6 +6,7 @@ namespace). The parameters cell of ``notebooks/train.ipynb`` maps one-to-one ont
 
 from __future__ import annotations
 
+import ast
 from dataclasses import asdict, dataclass, field, fields
 
 LIKELIHOODS = ("nb", "zinb", "poisson")
@@ -87,13 +88,26 @@ class TrainConfig:
 
 
 def from_dict(cls, params: dict):
-    """Build a config dataclass from a dict, ignoring keys it does not have."""
+    """Build a config dataclass from a dict, ignoring keys it does not have.
+
+    Tuple fields accept lists (papermill, JSON), one number, and strings from a command line:
+    ``"[100, 100]"``, ``"(2, 4)"``, ``'["CD14+ Monocyte"]'`` or one bare label ``"CD14+ Monocyte"``.
+    """
     names = {f.name for f in fields(cls)}
     kwargs = {k: v for k, v in params.items() if k in names}
-    for f in fields(cls):  # lists from papermill/JSON become tuples
-        if f.name in kwargs and isinstance(kwargs[f.name], list):
-            kwargs[f.name] = tuple(kwargs[f.name])
+    for f in fields(cls):
+        if f.name in kwargs and "tuple" in str(f.type) and isinstance(kwargs[f.name], (list, str, int)):
+            kwargs[f.name] = _as_tuple(kwargs[f.name])
     return cls(**kwargs)
+
+
+def _as_tuple(value) -> tuple:
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):  # a bare string: one item
+            return (value,)
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 __all__ = ["DataConfig", "ModelConfig", "TrainConfig", "LIKELIHOODS", "asdict", "from_dict", "field"]

@@ -44,3 +44,15 @@ def test_run_writes_metrics_latent_and_clusters(model, tmp_path):
     assert adata.obsm["X_latent"].shape == (adata.n_obs, 3)
     assert {f"cluster_L{i}" for i in range(1, 5)} <= set(adata.obs)
     assert (out / "checkpoint.pt").exists()
+
+
+def test_tuple_settings_from_command_line_strings():
+    """papermill -p passes list-valued settings as strings: they become tuples, not characters."""
+    from hiermix_pyro.config import DataConfig, ModelConfig, from_dict
+
+    assert from_dict(DataConfig, {"drop_labels": '["CD14+ Monocyte"]'}).drop_labels == ("CD14+ Monocyte",)
+    assert from_dict(DataConfig, {"drop_labels": "CD14+ Monocyte"}).drop_labels == ("CD14+ Monocyte",)
+    assert from_dict(DataConfig, {"drop_labels": ["a", "b"]}).drop_labels == ("a", "b")
+    assert from_dict(ModelConfig, {"hidden_dims": "[100, 100]"}).hidden_dims == (100, 100)
+    assert from_dict(ModelConfig, {"level_sizes": "(2, 4)", "hidden_dims": 64}) == ModelConfig(level_sizes=(2, 4), hidden_dims=(64,))
+    assert from_dict(ModelConfig, {"level_sizes": None}).level_sizes is None
