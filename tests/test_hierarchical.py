@@ -72,6 +72,21 @@ def test_sites_loss_and_step(cls, guide, prior, x):
     assert math.isfinite(svi.step(x))
 
 
+@pytest.mark.parametrize("levels", [(2, 4, 5, 9), (3, 3, 3, 3, 3), (4, 25)], ids=["reference-360", "deeper-243", "wider-100"])
+@pytest.mark.parametrize("cls, guide", [(MoMixVAE, "collapsed"), (MoMixVAE, "structured"), (IndMoMVAE, "collapsed")])
+def test_reference_deeper_and_wider_hierarchies(cls, guide, levels, x):
+    """The reference's 2/4/5/9 (360 paths), a 5-level and a wide 2-level tree: finite loss, a
+    step, one posterior per level that sums to one."""
+    model = tiny(cls, guide, "studentt", levels=levels)
+    pyro.clear_param_store()
+    svi = SVI(model.model, model.guide, Adam({"lr": 1e-2}), TraceEnum_ELBO(max_plate_nesting=1))
+    assert math.isfinite(svi.step(x, n_obs=100, beta=0.5, usage_lambda=10.0))
+    probs = model.cluster_probs(x)
+    assert [p.shape for p in probs] == [(B, k) for k in levels]
+    for p in probs:
+        torch.testing.assert_close(p.sum(-1), torch.ones(B))
+
+
 @pytest.mark.parametrize("cls, guide, prior", VARIANTS, ids=IDS)
 def test_posteriors_sum_to_one(cls, guide, prior, x):
     model = tiny(cls, guide, prior)
