@@ -7,7 +7,9 @@ Data: pbmc_sorted, 9 populations (CD14+ monocytes dropped), 500 HVGs; one fixed 
 cells; latent 20, MLP 2 x 100, NB. Models are timed in interleaved rounds (each round runs
 every model for ``--steps`` steps after its warm-up), so machine load that drifts during the
 run hits all models alike; the median over rounds is reported, with its ratio to ``vae``
-(same ELBO class, jit or not). Writes ``benchmarks/results/step_time.csv``.
+(jit or not); ``vae, TraceEnum_ELBO`` is the same VAE under the enumeration-aware ELBO, which
+isolates what Pyro's enumeration machinery costs per step. Writes ``benchmarks/results/step_time.csv``
+(``--batch-size 512 --csv benchmarks/results/step_time_b512.csv`` for the larger batch).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pyro
 import torch
-from pyro.infer import SVI
+from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.optim import ClippedAdam
 
 from hiermix_pyro.config import DataConfig, ModelConfig
@@ -30,6 +32,7 @@ from hiermix_pyro.workflow import load
 
 VARIANTS = [  # (label, model name, ModelConfig options, jit)
     ("vae", "vae", {}, False),
+    ("vae, TraceEnum_ELBO", "vae", {}, False),  # what Pyro's enumeration machinery alone costs
     ("mixture", "mixture", {}, False),
     ("indmom", "indmom", {}, False),
     ("momix collapsed normal", "momix", dict(guide="collapsed", prior="normal"), False),
@@ -64,7 +67,8 @@ def main(argv=None):
         seed_everything(0)
         model = build_model(name, adata, ModelConfig(latent_dim=20, hidden_dims=(100, 100), init="random", **options))
         with store.scope() as state:  # models share parameter names: one store each
-            svi = SVI(model.model, model.guide, ClippedAdam({"lr": 1e-3}), make_elbo(model, jit=jit))
+            elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False) if "TraceEnum" in label else make_elbo(model, jit=jit)
+            svi = SVI(model.model, model.guide, ClippedAdam({"lr": 1e-3}), elbo)
             beta = torch.tensor(1.0) if jit else 1.0
             for _ in range(3):  # warm-up (and jit compilation)
                 svi.step(*args, n_obs=n_obs, beta=beta)
