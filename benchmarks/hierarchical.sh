@@ -6,6 +6,7 @@
 # The machine has 2 shared cores: one training process at a time, one torch thread, niced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1  # one thread per run, no spinning OpenMP workers
 PY=${PY:-.venv/bin/python}
 EPOCHS=${EPOCHS:-100}
 OUT=runs/bench_hier/e$EPOCHS
