@@ -34,13 +34,15 @@ ablation() {  # seed 0: what the usage regulariser and the initialisation change
     "momix:guide=collapsed,prior=normal,init=random,usage_lambda=100"
 }
 
-structured() {  # the structured guide runs the decoder once per path (360): ~2.4 s per step on one CPU
-  # thread, ~1 min per epoch, so on this machine a short run only (SEPOCHS epochs, 1 warm-up epoch)
-  local e=${SEPOCHS:-5}
-  nice -n 5 $PY -m hiermix_pyro.bench "${DATA[@]}" --out runs/bench_hier/structured_e$e --seeds 0 \
-    --csv benchmarks/results/hierarchical_structured.csv --set epochs=$e warmup_epochs=1 "${ARCH[@]}" \
-    --models "momix:guide=structured,prior=normal,init=vae_kmeans,usage_lambda=100" \
-             "momix:guide=structured,prior=studentt,init=vae_kmeans,usage_lambda=100"
+structured() {  # the structured guide runs the decoder once per path (360): about 1.5 s per step on one
+  # CPU thread, ~40 s per epoch, so on this machine short runs only (SEPOCHS epochs, 2 warm-up epochs).
+  # One process per prior can run side by side: PRIORS=normal ... & PRIORS=studentt ...
+  local e=${SEPOCHS:-10}
+  for prior in ${PRIORS:-normal studentt}; do
+    nice -n 5 $PY -m hiermix_pyro.bench "${DATA[@]}" --out runs/bench_hier/structured_e$e --seeds ${SEEDS:-0 1 2} \
+      --csv benchmarks/results/hierarchical_structured.csv --set epochs=$e warmup_epochs=2 "${ARCH[@]}" \
+      --models "momix:guide=structured,prior=$prior,init=vae_kmeans,usage_lambda=100"
+  done
 }
 
 sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(main ablation structured)

@@ -115,12 +115,16 @@ def main(argv=None) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="ModelConfig or TrainConfig fields for every run, e.g. latent_dim=20 'hidden_dims=(100,100)'")
     p.add_argument("--n-iwae-samples", type=int, default=100)
-    p.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads per run: torch and every OpenMP/BLAS pool (scikit-learn's too)")
     p.add_argument("--out", default=None, help="run folders (default runs/bench/<dataset>)")
     p.add_argument("--csv", default=None, help="write all rows here (e.g. benchmarks/results/x.csv)")
     a = p.parse_args(argv)
-    if a.threads:
+    if a.threads:  # idle OpenMP workers of other libraries spin and steal a core on a small machine
+        from threadpoolctl import threadpool_limits
+
         torch.set_num_threads(a.threads)
+        threadpool_limits(a.threads)
     settings = dict(_parse_setting(item) for item in a.set)
     model = {k: v for k, v in settings.items() if k in {f.name for f in fields(ModelConfig)}}
     train = {k: v for k, v in settings.items() if k in {f.name for f in fields(TrainConfig)}}
