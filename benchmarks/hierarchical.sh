@@ -32,6 +32,8 @@ ablation() {  # seed 0: what the usage regulariser and the initialisation change
     "momix:guide=collapsed,prior=normal,init=vae_kmeans,usage_lambda=0" \
     "momix:guide=collapsed,prior=normal,init=pca_kmeans,usage_lambda=100" \
     "momix:guide=collapsed,prior=normal,init=random,usage_lambda=100"
+  # the CSV collects the whole run folder: keep the seed-0 rows of these four variants only
+  $PY -c 'import pandas as pd, sys; d = pd.read_csv(sys.argv[1]); keep = d.variant.str.startswith("momix:guide=collapsed,prior=normal") & d.seed.eq(0); d[keep].to_csv(sys.argv[1], index=False)' benchmarks/results/hierarchical_ablation.csv
 }
 
 structured() {  # the structured guide runs the decoder once per path (360): about 1.5 s per step on one
