@@ -241,20 +241,24 @@ class GMM(CountModel):
             with torch.no_grad():
                 self.prior.mu.copy_(z[torch.randint(z.shape[0], (self.K,), device=z.device)])
                 r = e_step(self.prior.log_pi(), self.expected_log_lik(z))
-            self.em_optim = torch.optim.Adam(self.prior.parameters(), lr=self.config.em_lr)
+            self.em_optim = torch.optim.Adam(self.prior_params().values(), lr=self.config.em_lr)
         if self.config.em_update == "closed":
             self.closed_form_update(z, r)
             return float(self.objective(z, r).detach())
-        return gradient_m_step(lambda: self.objective(z, r), dict(self.prior.named_parameters()), self.em_optim)
+        return gradient_m_step(lambda: self.objective(z, r), self.prior_params(), self.em_optim)
 
-    # ---- the EM state is part of the state_dict, so a checkpoint resumes exactly ----
+    def prior_params(self) -> dict[str, torch.Tensor]:
+        """What the M-step moves: (alpha, pi, mu, Lambda)."""
+        return dict(self.prior.named_parameters())
+
+    # ---- the EM state is part of the state_dict, so a checkpoint resumes exactly (VMM reuses these) ----
     def get_extra_state(self) -> dict:
         return {"em_optim": None if self.em_optim is None else self.em_optim.state_dict(), "stats": self.stats}
 
     def set_extra_state(self, state: dict) -> None:
         self.stats, self.em_optim = state["stats"], None
         if state["em_optim"] is not None:  # the first M-step (which starts the means from data) is past
-            self.em_optim = torch.optim.Adam(self.prior.parameters(), lr=self.config.em_lr)
+            self.em_optim = torch.optim.Adam(self.prior_params().values(), lr=self.config.em_lr)
             self.em_optim.load_state_dict(state["em_optim"])
 
     @torch.no_grad()

@@ -50,6 +50,7 @@ class VMM(CountModel):
         self.u = PseudoInputs(n_components, n_genes, n_batches)  # prior parameters too: moved by the M-step
         self.em_active = True  # set by schedule() during training
         self.em_optim = None  # the prior's own Adam, made at the first prior_step (after .to(device))
+        self.stats = None  # (gmm's closed-form statistics; unused here, kept for the shared EM state)
 
     @classmethod
     def from_adata(cls, adata, config: ModelConfig = ModelConfig()) -> "VMM":
@@ -116,15 +117,8 @@ class VMM(CountModel):
             self.em_optim = torch.optim.Adam(params.values(), lr=self.config.em_lr)
         return gradient_m_step(lambda: self.objective(z, r), params, self.em_optim)
 
-    # ---- the EM state is part of the state_dict, so a checkpoint resumes exactly ----
-    def get_extra_state(self) -> dict:
-        return {"em_optim": None if self.em_optim is None else self.em_optim.state_dict()}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.em_optim = None
-        if state["em_optim"] is not None:
-            self.em_optim = torch.optim.Adam(self.prior_params().values(), lr=self.config.em_lr)
-            self.em_optim.load_state_dict(state["em_optim"])
+    # ---- the EM state travels in the state_dict, as for gmm ----
+    get_extra_state, set_extra_state = GMM.get_extra_state, GMM.set_extra_state
 
     # ---- inference helpers ----
     def q_z(self, x, s=None):
