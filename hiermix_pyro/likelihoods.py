@@ -116,6 +116,30 @@ class Poisson(_LogMeanCounts):
         return torch.poisson(self.mean.expand(self._extended_shape(sample_shape)).contiguous())
 
 
+class EvaluatedCounts(dist.TorchDistribution):
+    """A count likelihood already evaluated at the observed counts ``x``: ``log_p [..., B]``.
+
+    The observed site ``x`` of a model keeps its name and its log-density when log p(x | z) is
+    computed by a compiled function (:meth:`~hiermix_pyro.models.base.CountModel.compile_likelihood`);
+    it can only be scored at the ``x`` it was evaluated at, and cannot be sampled.
+    """
+
+    arg_constraints = {}
+    support = constraints.nonnegative_integer
+
+    def __init__(self, log_p, x, validate_args=None):
+        self.log_p, self.x = log_p, x
+        super().__init__(log_p.shape, x.shape[-1:], validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return EvaluatedCounts(self.log_p.expand(batch_shape), self.x)
+
+    def log_prob(self, value):
+        if value is not self.x and not torch.equal(value, self.x):
+            raise ValueError("EvaluatedCounts holds log p(x | z) at one x only; score other counts with the eager likelihood")
+        return self.log_p
+
+
 def library_size(x: torch.Tensor) -> torch.Tensor:
     """Observed library size ``l``: total counts per cell, ``[B, G] -> [B, 1]``."""
     return x.sum(-1, keepdim=True)

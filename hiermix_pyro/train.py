@@ -157,6 +157,8 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
     print(f"hiermix-pyro: training on {device}")
     seed_everything(config.seed)
     model.to(device)
+    if config.compile:
+        model.compile_likelihood()
     train = CountTensors.from_adata(adata, device, "train")
     val = CountTensors.from_adata(adata, device, "validation")
     if len(train) < config.batch_size:

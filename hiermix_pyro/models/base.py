@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..likelihoods import count_distribution, library_size
+from ..likelihoods import EvaluatedCounts, count_distribution, library_size
 from ..nn import Decoder
 
 
@@ -33,6 +33,7 @@ class CountModel(nn.Module):
         )
         # per-gene log inverse dispersion (scVI's px_r); unused by the Poisson likelihood
         self.log_theta = nn.Parameter(torch.zeros(n_genes))
+        self._compiled_log_px = None  # set by compile_likelihood()
 
     @classmethod
     def from_adata(cls, adata, config: ModelConfig = ModelConfig()) -> "CountModel":
@@ -45,10 +46,33 @@ class CountModel(nn.Module):
         return pyro.plate("cells", size=n_obs or x.shape[0], subsample_size=x.shape[0], dim=-1)
 
     def px(self, z: torch.Tensor, x: torch.Tensor, s: torch.Tensor | None = None):
-        """p(x | z, s, l) with the observed library size l: batch ``[K?, B]``, event ``[G]``."""
+        """p(x | z, s, l) with the observed library size l: batch ``[K?, B]``, event ``[G]``.
+
+        After :meth:`compile_likelihood`, the same density already evaluated at ``x``.
+        """
+        if self._compiled_log_px is not None:
+            return EvaluatedCounts(self._compiled_log_px(z, x, s), x)
+        return self._px(z, x, s)
+
+    def _px(self, z, x, s=None):
         log_rho, gate_logits = self.decoder(z, s)  # [K?, B, G]
         log_mu = library_size(x).clamp(min=1.0).log() + log_rho
         return count_distribution(self.config.likelihood, log_mu, self.log_theta, gate_logits)
+
+    def compile_likelihood(self) -> None:
+        """Evaluate log p(x | z, s) with ``torch.compile``: decoder, softmax and count
+        log-density fused into a few loops (one graph, dynamic shapes).
+
+        Worth its compile time (tens of seconds) where the decoder runs on many z's per cell:
+        momix's structured guide decodes one z per path, ``[P, B, G]`` tensors whose
+        elementwise passes dominate its step (about 1.7x faster compiled). The values are the
+        eager ones (tested); ``TrainConfig(compile=True)`` calls this.
+        """
+        import torch._functorch.config as functorch_config
+
+        # TraceEnum_ELBO runs backward with retain_graph=True, which donated buffers forbid
+        functorch_config.donated_buffer = False
+        self._compiled_log_px = torch.compile(lambda z, x, s: self._px(z, x, s).log_prob(x), dynamic=True)
 
     # ---- hooks called by the training loop ----
     def schedule(self, progress: float, beta: float) -> dict:
