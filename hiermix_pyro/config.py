@@ -72,6 +72,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     warmup_epochs: int = 5  # KL weight beta rises linearly from ~0 to 1 over these epochs
+    warmup_epochs_discrete: int | None = None  # momix / indmom: the discrete (cluster) part of the KL gets its own warm-up; None: the same beta
     patience: int = 20  # early stopping on validation loss; None or 0: never stop early
     clip_norm: float = 10.0  # gradient clipping (per parameter, Pyro's ClippedAdam)
     seed: int = 0
@@ -86,6 +87,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.warmup_epochs_discrete is not None and self.warmup_epochs_discrete < 0:
+            raise ValueError(f"warmup_epochs_discrete must be None or >= 0, got {self.warmup_epochs_discrete}")
 
 
 def from_dict(cls, params: dict):

@@ -155,15 +155,49 @@ def diag_normal_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
     return (-0.5 * ((z - loc) / scale).pow(2) - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
+def categorical_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) of categoricals given by normalised log-probabilities: ``[..., P] -> [...]``."""
+    return (log_q.exp() * (log_q - log_p)).sum(-1)
+
+
+def all_enumerated(ys) -> bool:
+    """Whether every y is a whole support enumerated in parallel by Pyro (its mark on the value)."""
+    return all(getattr(y, "_pyro_categorical_support", None) is not None for y in ys)
+
+
+def take_enumerated(table: torch.Tensor, ys) -> torch.Tensor:
+    """``Vindex(table)[(*ys, ...)]``: index the leading dims of ``table [K1, ..., Km, *T]`` by ys.
+
+    When every y was enumerated in parallel by Pyro (each is its whole support ``0..K-1`` along
+    its own dim, the mark Pyro's own ``Categorical.log_prob`` uses), the result is a permuted
+    *view* of ``table``: no gather forward and no scatter backward, which is most of what
+    indexing costs at these sizes. Other ys (samples, fixed values) go through ``Vindex``.
+    Result: ``broadcast(ys shapes) + T``.
+    """
+    if not ys:
+        return table
+    if not all_enumerated(ys):
+        return Vindex(table)[tuple(ys)]
+    m, n = len(ys), max(y.dim() for y in ys)
+    pos = [n - y.dim() for y in ys]  # where y's support sits in the broadcast shape
+    order = sorted(range(m), key=pos.__getitem__)
+    shape = [1] * n
+    for i in range(m):
+        shape[pos[i]] = table.shape[i]
+    return table.permute(*order, *range(m, table.dim())).reshape(*shape, *table.shape[m:])
+
+
 class ComponentDensity(TorchDistribution):
     """p(z | c): component ``c`` of a mixture whose P components are held as ``[P, D]`` tables.
 
-    ``c`` is an integer tensor (usually built from enumerated cluster variables, shape
-    ``[K_L, ..., K_1, 1]``). ``log_prob(z)`` picks the cheapest form:
+    ``c`` is an integer tensor of component indices (e.g. built from enumerated cluster
+    variables, shape ``[K_L, ..., K_1, 1]``), or a tuple of per-level values ``(y1, ..., yL)``
+    naming the path of a hierarchy whose P = K1 x ... x KL components are in row-major order.
+    ``log_prob(z)`` picks the cheapest form:
 
     - z without enumeration dims (``[B, D]``, drawn once from q(z | x)): the ``[B, P]`` matrix
       of all component log-densities (three matrix products), then ``c`` indexes it, giving
-      ``[K_L, ..., K_1, B]`` at the cost of an index;
+      ``[K_L, ..., K_1, B]``; for enumerated paths that index is a view (:func:`take_enumerated`);
     - z with enumeration dims (drawn from q(z | x, c)): elementwise with gathered parameters.
 
     ``df`` None means Gaussian components, else multivariate Student-t with ``df [P]``.
@@ -172,17 +206,32 @@ class ComponentDensity(TorchDistribution):
     arg_constraints = {}
     support = constraints.real_vector
 
-    def __init__(self, c, loc, scale, df=None, batch_size: int | None = None, validate_args=False):
+    def __init__(self, c, loc, scale, df=None, batch_size: int | None = None, level_sizes=None,
+                 validate_args=False):
         self.c, self.loc, self.scale, self.df = c, loc, scale, df
-        batch_shape = torch.Size() if c is None else c.shape
+        self.level_sizes = level_sizes  # for a tuple c: (K1, ..., KL)
+        if isinstance(c, tuple) and level_sizes is None:
+            raise ValueError("a path (y1, ..., yL) needs level_sizes")
+        batch_shape = torch.Size() if c is None else (
+            torch.broadcast_shapes(*(y.shape for y in c)) if isinstance(c, tuple) else c.shape)
         batch_shape = batch_shape if batch_size is None else torch.broadcast_shapes(batch_shape, (batch_size,))
         super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
         new = self._get_checked_instance(ComponentDensity, _instance)
-        new.c, new.loc, new.scale, new.df = self.c, self.loc, self.scale, self.df
+        new.c, new.loc, new.scale, new.df, new.level_sizes = self.c, self.loc, self.scale, self.df, self.level_sizes
         super(ComponentDensity, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
         return new
+
+    @property
+    def index(self) -> torch.Tensor:
+        """Component indices: ``c`` itself, or the row-major index of the path (y1, ..., yL)."""
+        if not isinstance(self.c, tuple):
+            return self.c
+        out = self.c[0]
+        for y, K in zip(self.c[1:], self.level_sizes[1:]):
+            out = out * K + y
+        return out
 
     def log_prob_matrix(self, z):  # [..., B, D] -> [..., B, P]
         if self.df is None:
@@ -191,17 +240,23 @@ class ComponentDensity(TorchDistribution):
 
     def log_prob(self, z):
         if z.dim() == 2:  # one z per cell for all components
-            return Vindex(self.log_prob_matrix(z))[..., self.c]  # [K?, B]
-        loc, scale = self.loc[self.c], self.scale[self.c]  # [K?, 1, D]
+            matrix = self.log_prob_matrix(z)  # [B, P]
+            if isinstance(self.c, tuple) and all_enumerated(self.c):  # a view: [K1..KL, B] -> [KL..K1, B]
+                table = matrix.reshape(matrix.shape[0], *self.level_sizes).movedim(0, -1)
+                return take_enumerated(table, self.c).squeeze(-2)
+            return Vindex(matrix)[..., self.index]  # [K?, B]
+        c = self.index
+        loc, scale = self.loc[c], self.scale[c]  # [K?, 1, D]
         if self.df is None:
             return diag_normal_log_prob(z, loc, scale)
-        return diag_studentt_log_prob(z, loc, scale, self.df[self.c])
+        return diag_studentt_log_prob(z, loc, scale, self.df[c])
 
     def sample(self, sample_shape=torch.Size()):
         shape = self._extended_shape(sample_shape)
-        loc, scale = self.loc[self.c].expand(shape), self.scale[self.c].expand(shape)
+        c = self.index
+        loc, scale = self.loc[c].expand(shape), self.scale[c].expand(shape)
         with torch.no_grad():
             if self.df is None:
                 return torch.normal(loc, scale)
-            chi2 = torch.distributions.Chi2(self.df[self.c]).sample().unsqueeze(-1)  # [*c, 1]
-            return loc + scale * torch.randn(shape) * (self.df[self.c].unsqueeze(-1) / chi2).sqrt()
+            chi2 = torch.distributions.Chi2(self.df[c]).sample().unsqueeze(-1)  # [*c, 1]
+            return loc + scale * torch.randn(shape) * (self.df[c].unsqueeze(-1) / chi2).sqrt()

@@ -97,13 +97,14 @@ class Stepper:
 
     Pyro's JIT treats keyword arguments as constants (a changing ``beta`` would recompile every
     step) and cannot trace ``None``; so ``n_obs`` is bound once, a missing batch covariate
-    travels as a zero-width tensor, and ``beta`` and the model's ``schedule()`` values are
-    positional tensors. The same path is used with and without JIT.
+    travels as a zero-width tensor, and ``beta``, the discrete KL weight ``beta_y`` (with
+    ``discrete=True``) and the model's ``schedule()`` values are positional tensors. The same
+    path is used with and without JIT.
     """
 
-    def __init__(self, model, optim, n_obs: int, jit: bool = False):
-        self.model = model
-        self.keys = sorted(model.schedule(0.0, 1.0))
+    def __init__(self, model, optim, n_obs: int, jit: bool = False, discrete: bool = False):
+        self.model, self.jit = model, jit
+        self.keys = sorted(model.schedule(0.0, 1.0)) + (["beta_y"] if discrete else [])
 
         def bind(fn):
             def bound(x, s, beta, *extra):
@@ -113,10 +114,13 @@ class Stepper:
 
         self.svi = SVI(bind(model.model), bind(model.guide), optim, make_elbo(model, jit=jit))
 
-    def step(self, x, s, beta: float, progress: float = 0.0) -> float:
-        extra = self.model.schedule(progress, beta)
+    def step(self, x, s, beta: float, progress: float = 0.0, beta_y: float | None = None) -> float:
+        extra = {k: x.new_tensor(v) for k, v in self.model.schedule(progress, beta).items()}
+        if "beta_y" in self.keys:  # eager steps skip the zero (beta - beta_y) KL_y term once the weights agree
+            beta_y = beta if beta_y is None else beta_y
+            extra["beta_y"] = None if beta_y == beta and not self.jit else x.new_tensor(beta_y)
         s = x.new_zeros(x.shape[0], 0) if s is None else s
-        return self.svi.step(x, s, x.new_tensor(beta), *(x.new_tensor(extra[k]) for k in self.keys))
+        return self.svi.step(x, s, x.new_tensor(beta), *(extra[k] for k in self.keys))
 
 
 @torch.no_grad()
@@ -166,11 +170,16 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
             f"only {len(train)} training cells, fewer than one batch of {config.batch_size}; "
             "lower batch_size or use more cells"
         )
+    discrete = config.warmup_epochs_discrete is not None
+    if discrete and not getattr(model, "discrete_kl", False):
+        raise ValueError(f"warmup_epochs_discrete is for models with enumerated cluster variables whose KL "
+                         f"can be weighted apart (momix, indmom), not {type(model).__name__}")
     pyro.clear_param_store()
     optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
-    stepper = Stepper(model, optim, n_obs=len(train), jit=config.jit)
+    stepper = Stepper(model, optim, n_obs=len(train), jit=config.jit, discrete=discrete)
     steps_per_epoch = len(train) // config.batch_size if config.jit else math.ceil(len(train) / config.batch_size)
     warmup_steps = config.warmup_epochs * steps_per_epoch
+    warmup_steps_y = (config.warmup_epochs_discrete or 0) * steps_per_epoch
     total_steps = config.epochs * steps_per_epoch
 
     state = dict(
@@ -196,7 +205,8 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
             step = epoch * steps_per_epoch
             for x, s in train.batches(config.batch_size, shuffle=True, drop_last=config.jit):
                 beta = kl_weight(step, warmup_steps)
-                loss = stepper.step(x, s, beta, progress=step / total_steps)
+                beta_y = kl_weight(step, warmup_steps_y) if discrete else None
+                loss = stepper.step(x, s, beta, progress=step / total_steps, beta_y=beta_y)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"the loss became {loss} at epoch {epoch + 1}, step {step}; "
                                              "try a lower lr or a smaller clip_norm")

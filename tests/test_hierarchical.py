@@ -191,6 +191,107 @@ def test_structured_elbo_equals_brute_force(x):
     assert loss == pytest.approx(-elbo.sum().item(), rel=1e-5)
 
 
+def test_take_enumerated_is_vindex():
+    """The permuted view used for enumerated paths equals Pyro's Vindex gather (3 levels, a trailing dim)."""
+    from pyro.ops.indexing import Vindex
+
+    from hiermix_pyro.priors import take_enumerated
+
+    def levels():
+        with pyro.plate("cells", 4, dim=-1):
+            return [pyro.sample(f"y{l}", dist.Categorical(logits=torch.zeros(k)), infer={"enumerate": "parallel"})
+                    for l, k in enumerate((2, 3, 4))]
+
+    ys = poutine.enum(levels, first_available_dim=-2)()
+    table = torch.randn(2, 3, 4, 5)
+    out = take_enumerated(table, ys)
+    assert out.shape == (4, 3, 2, 1, 5)
+    assert torch.equal(out, Vindex(table)[tuple(ys)])
+    sampled = [torch.tensor([1, 0]), torch.tensor([2, 1])]  # not enumerated: the gather itself
+    assert torch.equal(take_enumerated(table, sampled), Vindex(table)[tuple(sampled)])
+
+
+def _path_terms(model, z):
+    """Per path p, by brute force: log p(y_p) ``[P]`` and log p(z | y_p) ``[B, P]``."""
+    loc, scale, _ = model.components()
+    log_py = torch.stack([sum(torch.log_softmax(model.prior_logits[l][ys[:l]], -1)[ys[l]] for l in range(len(ys)))
+                          for ys in itertools.product(*[range(k) for k in model.level_sizes])])
+    log_pz_y = torch.stack([dist.Normal(loc[p], scale[p]).log_prob(z).sum(-1) for p in range(len(log_py))], -1)
+    return log_py, log_pz_y
+
+
+@pytest.mark.parametrize("beta, beta_y", [(0.5, 0.2), (0.3, 1.0), (1.0, 0.0)])
+def test_collapsed_discrete_kl_weight(x, beta, beta_y):
+    """With beta_y, the collapsed objective is log p(x | z) - beta E_r[log q(z | x) - log p(z | y)]
+    - beta_y KL(r || p(y)), r = p(y | z) (brute force over paths, same z); beta_y = beta is the
+    beta-weighted ELBO."""
+    model = tiny(MoMixVAE, "collapsed", "normal")
+    losses = {}
+    for by in (beta_y, beta):
+        pyro.set_rng_seed(6)
+        losses[by] = TraceEnum_ELBO(max_plate_nesting=1).loss(model.model, model.guide, x, beta=beta, beta_y=by)
+    pyro.set_rng_seed(6)
+    q = model.q_z(x)
+    z = q.sample()
+    with torch.no_grad():
+        log_py, log_pz_y = _path_terms(model, z)
+        log_r = torch.log_softmax(log_py + log_pz_y, -1)  # [B, P]
+        r = log_r.exp()
+        kl_z = (r * (q.log_prob(z).unsqueeze(-1) - log_pz_y)).sum(-1)
+        kl_y = (r * (log_r - log_py)).sum(-1)
+        log_px = model.px(z, x).log_prob(x)
+    assert losses[beta_y] == pytest.approx(-(log_px - beta * kl_z - beta_y * kl_y).sum().item(), rel=1e-5)
+    assert losses[beta] == pytest.approx(-(log_px - beta * (kl_z + kl_y)).sum().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("beta, beta_y", [(0.5, 0.2), (1.0, 0.0)])
+def test_structured_discrete_kl_weight(x, beta, beta_y):
+    """Structured guide: sum_y q(y | x) [log p(x | z_y) - beta KL_z(y)] - beta_y KL(q(y | x) || p(y))."""
+    model = tiny(MoMixVAE, "structured", "normal")
+    pyro.set_rng_seed(7)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model.model, model.guide, x, beta=beta, beta_y=beta_y)
+    pyro.set_rng_seed(7)
+    z_all = poutine.trace(poutine.enum(model.guide, first_available_dim=-2)).get_trace(x).nodes["z"]["value"]
+    K1, K2 = LEVELS
+    h = model.encoder.hidden(x)
+    log_q_y = model.log_q_paths(h).reshape(B, -1)  # [B, P]
+    with torch.no_grad():
+        log_py, _ = _path_terms(model, z_all[0, 0])
+        loc, scale, _ = model.components()
+        elbo = -beta_y * (log_q_y.exp() * (log_q_y - log_py)).sum(-1)
+        for y1, y2 in itertools.product(range(K1), range(K2)):
+            z, p = z_all[y2, y1], y1 * K2 + y2
+            onehot = torch.cat([torch.nn.functional.one_hot(torch.tensor(y1), K1),
+                                torch.nn.functional.one_hot(torch.tensor(y2), K2)]).float().expand(B, -1)
+            q_z = dist.Normal(*model.encoder.head(torch.cat([h, onehot], -1))).to_event(1)
+            kl_z = q_z.log_prob(z) - dist.Normal(loc[p], scale[p]).to_event(1).log_prob(z)
+            elbo += log_q_y[:, p].exp() * (model.px(z, x).log_prob(x) - beta * kl_z)
+    assert loss == pytest.approx(-elbo.sum().item(), rel=1e-5)
+
+
+def test_indmom_discrete_kl_weight_is_zero_at_equal_weights(x):
+    model = tiny(IndMoMVAE)
+    losses = []
+    for kwargs in ({"beta": 0.4}, {"beta": 0.4, "beta_y": 0.4}, {"beta": 0.4, "beta_y": 0.0}):
+        pyro.set_rng_seed(8)
+        losses.append(TraceEnum_ELBO(max_plate_nesting=1).loss(model.model, model.guide, x, **kwargs))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert losses[2] < losses[0]  # a smaller weight on a positive KL: a smaller loss
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_fit_with_discrete_warmup(jit):
+    adata = prepare(simulate_hierarchy(branching=(2, 2), cells_per_leaf=40, n_genes=40, seed=2), n_hvg=None, seed=0)
+    seed_everything(0)
+    model = build_model("momix", adata, ModelConfig(latent_dim=3, hidden_dims=(16,), init="random"))
+    h = fit(model, adata, TrainConfig(epochs=3, batch_size=32, warmup_epochs=2, warmup_epochs_discrete=0,
+                                      progress=False, jit=jit))
+    assert np.isfinite(h["train_loss"]).all() and np.isfinite(h["val_loss"]).all()
+    with pytest.raises(ValueError, match="not VAE"):
+        fit(build_model("vae", adata, ModelConfig(latent_dim=3, hidden_dims=(16,))), adata,
+            TrainConfig(epochs=1, batch_size=32, warmup_epochs_discrete=1, progress=False))
+
+
 def test_cluster_posterior_matches_pyro_enumeration(x):
     """p(y | z) computed by the model = TraceEnum_ELBO.compute_marginals for the same z."""
     model = tiny(MoMixVAE, "collapsed", "normal")

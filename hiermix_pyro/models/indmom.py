@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from ..config import ModelConfig
 from ..nn import Encoder
-from ..priors import ComponentDensity
+from ..priors import ComponentDensity, categorical_kl
 from .base import CountModel, n_batches, n_classes
 from .momix import PRIORS, usage_schedule
 
@@ -50,6 +50,7 @@ class IndMoMVAE(CountModel):
     """
 
     enumerated = True
+    discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for k and the y's
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(),
                  level_sizes: tuple[int, ...] = (2, 4, 5, 9)):
@@ -84,7 +85,7 @@ class IndMoMVAE(CountModel):
         log_w = F.log_softmax(self.branch_logits, -1)
         return torch.cat([log_w[l] + F.log_softmax(a, -1) for l, a in enumerate(self.prior_logits)])
 
-    def model(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0):
+    def model(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
         pyro.module("indmom", self)
         loc, scale, df = self.components()  # [P, D]
         enum = {"enumerate": "parallel"}
@@ -97,6 +98,8 @@ class IndMoMVAE(CountModel):
                     c = c + (k == l).long() * (self.first[l] + y)  # component of branch k
                 z = pyro.sample("z", ComponentDensity(c, loc, scale, df, x.shape[0]))  # [B, D]
             pyro.sample("x", self.px(z, x, s), obs=x)  # [B, G]
+            if beta_y is not None:  # KL weight beta_y on the discrete part (see MoMixVAE.kl_y)
+                pyro.factor("kl_y", (beta - beta_y) * self.kl_y(z))  # [B]
         if usage_lambda:  # lambda * sum_l KL(mean_B p(yl | z, k=l) || pi_l)
             kl = 0.0
             for q, logits in zip(self._branch_posteriors(z), self.prior_logits):
@@ -104,7 +107,7 @@ class IndMoMVAE(CountModel):
                 kl = kl + (q_bar * (q_bar.clamp(min=1e-10).log() - log_p)).sum()
             pyro.factor("usage", -usage_lambda * (n_obs or x.shape[0]) * kl)
 
-    def guide(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0):
+    def guide(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
         pyro.module("indmom", self)
         with self.cells(x, n_obs):
             loc, scale = self.encoder(x, s)  # [B, D]
@@ -114,6 +117,14 @@ class IndMoMVAE(CountModel):
     def schedule(self, progress: float, beta: float) -> dict:
         """The usage regulariser's weight (see :func:`~hiermix_pyro.models.momix.usage_schedule`)."""
         return usage_schedule(self.config.usage_lambda, progress)
+
+    def kl_y(self, z):
+        """KL(p(k, yk | z) || p(k, yk)) per cell ``[B]``: the discrete part of the KL (the y's of
+        the branches not chosen keep their prior and add nothing)."""
+        loc, scale, df = self.components()
+        log_prior = self.log_prior_components()  # [P]
+        log_joint = log_prior + ComponentDensity(None, loc, scale, df).log_prob_matrix(z)  # [B, P]
+        return categorical_kl(log_joint - log_joint.logsumexp(-1, keepdim=True), log_prior)
 
     # ---- inference helpers ----
     def _branch_posteriors(self, z):

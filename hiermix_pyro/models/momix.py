@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..config import ModelConfig
 from ..nn import Encoder, cat_broadcast
-from ..priors import ComponentDensity
+from ..priors import ComponentDensity, categorical_kl, take_enumerated
 from .base import CountModel, n_batches, n_classes
 
 GUIDES = ("collapsed", "structured")
@@ -74,6 +74,7 @@ class MoMixVAE(CountModel):
     """
 
     enumerated = True
+    discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for the y's
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(),
                  level_sizes: tuple[int, ...] = (2, 4, 5, 9)):
@@ -136,23 +137,44 @@ class MoMixVAE(CountModel):
             c = c * K + y
         return c
 
-    def model(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0):
+    def model(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
         pyro.module("momix", self)
         loc, scale, df = self.components()  # [P, D]
-        enum = {"enumerate": "parallel"} if self.config.guide == "collapsed" else {}
-        if usage_lambda and self.config.guide == "structured":  # q(y | x) needs no z: before the y's
+        collapsed = self.config.guide == "collapsed"
+        enum = {"enumerate": "parallel"} if collapsed else {}
+        if usage_lambda and not collapsed:  # q(y | x) needs no z: before the y's
             self._usage_factor(x, s, None, usage_lambda, n_obs)
         with self.cells(x, n_obs):
+            if beta_y is not None and not collapsed:  # KL weight beta_y on the discrete part
+                pyro.factor("kl_y", (beta - beta_y) * self.kl_y(x, s))  # [B]
             with poutine.scale(scale=beta):
                 ys = []
                 for l, logits in enumerate(self.prior_logits):
-                    ys.append(pyro.sample(f"y{l + 1}", dist.Categorical(logits=Vindex(logits)[tuple(ys)] if ys else logits),
+                    ys.append(pyro.sample(f"y{l + 1}", dist.Categorical(logits=take_enumerated(logits, ys)),
                                           infer=enum))  # [Kl, 1, ..., 1] when enumerated
-                c = self.path_index(ys)  # [KL, ..., K1, 1]
-                z = pyro.sample("z", ComponentDensity(c, loc, scale, df, x.shape[0]))  # [K?, B, D]
+                # p(z | y1..yL): the component of the whole path (log_prob: [KL, ..., K1, B])
+                z = pyro.sample("z", ComponentDensity(tuple(ys), loc, scale, df, x.shape[0], self.level_sizes))
             pyro.sample("x", self.px(z, x, s), obs=x)  # [K?, B, G]
+            if beta_y is not None and collapsed:
+                pyro.factor("kl_y", (beta - beta_y) * self.kl_y(x, s, z))  # [B]
         if usage_lambda and self.config.guide == "collapsed":
             self._usage_factor(x, s, z, usage_lambda, n_obs)
+
+    def kl_y(self, x, s=None, z=None):
+        """The discrete part of the KL, per cell ``[B]``: structured, KL(q(y | x) || p(y));
+        collapsed, KL(p(y | z) || p(y)) at the z drawn from q(z | x).
+
+        The ELBO's KL term is KL_z + KL_y with, for the collapsed guide,
+        log q(z | x) - log p(z) = E_{p(y|z)}[log q(z | x) - log p(z | y)] + KL(p(y | z) || p(y));
+        weighting the whole KL by beta and adding ``(beta - beta_y) * KL_y`` weights the discrete
+        part by beta_y (the book's hierarchical chapter derives it).
+        """
+        log_p = self.log_prior_paths().reshape(-1)  # [P]
+        if z is None:
+            log_q = self.log_q_paths(self.encoder.hidden(x, s)).reshape(x.shape[0], -1)  # [B, P]
+        else:
+            log_q = self.log_posterior_paths(z)  # [B, P]
+        return categorical_kl(log_q, log_p)
 
     def _usage_factor(self, x, s, z, usage_lambda, n_obs):
         """lambda * sum_l KL(mean_B q(yl | x) || p(yl)); times n_obs, as the ELBO is a sum over
@@ -162,7 +184,7 @@ class MoMixVAE(CountModel):
         kl = sum((q * (q.clamp(min=1e-10).log() - p[0].clamp(min=1e-10).log())).sum() for q, p in zip(q_bar, p_bar))
         pyro.factor("usage", -usage_lambda * (n_obs or x.shape[0]) * kl)
 
-    def guide(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0):
+    def guide(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
         pyro.module("momix", self)
         with self.cells(x, n_obs):
             h = self.encoder.hidden(x, s)  # [B, H]
