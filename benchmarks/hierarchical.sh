@@ -37,13 +37,13 @@ ablation() {  # seed 0: what the usage regulariser and the initialisation change
 }
 
 structured() {  # the structured guide runs the decoder once per path (360 for 2/4/5/9), so log p(x | z) is
-  # compiled (TrainConfig.compile: about 1.4x faster per step); otherwise the same
+  # compiled (TrainConfig.compile_likelihood: about 1.4x faster per step); otherwise the same
   # protocol as main (100 epochs, 5 warm-up epochs), one process per prior side by side:
   # PRIORS=normal bash benchmarks/hierarchical.sh structured & PRIORS=studentt bash ... structured
   local e=${SEPOCHS:-$EPOCHS}
   for prior in ${PRIORS:-normal studentt}; do
     nice -n 5 $PY -m hiermix_pyro.bench "${DATA[@]}" --out runs/bench_hier/structured_e$e --seeds ${SEEDS:-0 1 2} \
-      --csv benchmarks/results/hierarchical_structured.csv --set epochs=$e warmup_epochs=5 compile=True "${ARCH[@]}" \
+      --csv benchmarks/results/hierarchical_structured.csv --set epochs=$e warmup_epochs=5 compile_likelihood=True "${ARCH[@]}" \
       --models "momix:guide=structured,prior=$prior,init=vae_kmeans,usage_lambda=100"
   done
 }

@@ -78,7 +78,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     jit: bool = False  # JitTraceEnum_ELBO: less Pyro overhead per step
-    compile: bool = False  # torch.compile log p(x | z) (decoder + count density): for momix's structured guide
+    compile_likelihood: bool = False  # torch.compile log p(x | z) (decoder + count density): for momix's structured guide
     checkpoint_path: str | None = None  # write a checkpoint every epoch; resume from it
     progress: bool = True  # tqdm progress bar
 

@@ -161,7 +161,7 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
     print(f"hiermix-pyro: training on {device}")
     seed_everything(config.seed)
     model.to(device)
-    if config.compile:
+    if config.compile_likelihood:
         model.compile_likelihood()
     train = CountTensors.from_adata(adata, device, "train")
     val = CountTensors.from_adata(adata, device, "validation")

@@ -120,14 +120,14 @@ def test_jit_training_matches_eager(name, sim_batch_adata):
 
 
 def test_compiled_likelihood_matches_eager(sim_batch_adata):
-    """TrainConfig(compile=True) (torch.compile of log p(x | z)) trains momix's structured guide,
+    """TrainConfig(compile_likelihood=True) (torch.compile of log p(x | z)) trains momix's structured guide,
     whose decoder runs once per path, to the same losses as eager; the x site keeps its value."""
     config = ModelConfig(latent_dim=3, hidden_dims=(16,), guide="structured", init="random", level_sizes=(2, 2))
     losses = []
     for compile_ in (False, True):
         seed_everything(0)
         model = build_model("momix", sim_batch_adata, config)
-        h = fit(model, sim_batch_adata, TrainConfig(epochs=2, batch_size=64, progress=False, compile=compile_))
+        h = fit(model, sim_batch_adata, TrainConfig(epochs=2, batch_size=64, progress=False, compile_likelihood=compile_))
         losses.append(h["train_loss"] + h["val_loss"])
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-4, atol=0)
     x = torch.poisson(torch.rand(3, sim_batch_adata.n_vars))
