@@ -36,6 +36,12 @@ ablation() {  # seed 0: what the usage regulariser and the initialisation change
   $PY -c 'import pandas as pd, sys; d = pd.read_csv(sys.argv[1]); keep = d.variant.str.startswith("momix:guide=collapsed,prior=normal") & d.seed.eq(0); d[keep].to_csv(sys.argv[1], index=False)' benchmarks/results/hierarchical_ablation.csv
 }
 
+discrete() {  # seed 0: the discrete KL's own warm-up (momix collapsed normal; reference: one beta for all)
+  nice -n 5 $PY -m hiermix_pyro.bench "${DATA[@]}" --out runs/bench_hier/discrete_e$EPOCHS --seeds ${SEEDS:-0} \
+    --csv benchmarks/results/hierarchical_discrete.csv --set epochs=$EPOCHS warmup_epochs=5 "${ARCH[@]}" \
+    --models "$MOMIX_CN" "$MOMIX_CN,warmup_epochs_discrete=0" "$MOMIX_CN,warmup_epochs_discrete=20"
+}
+
 structured() {  # the structured guide runs the decoder once per path (360 for 2/4/5/9), so log p(x | z) is
   # compiled (TrainConfig.compile_likelihood: about 1.4x faster per step); otherwise the same
   # protocol as main (100 epochs, 5 warm-up epochs), one process per prior side by side:
@@ -48,5 +54,5 @@ structured() {  # the structured guide runs the decoder once per path (360 for 2
   done
 }
 
-sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(main ablation structured)
+sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(main ablation discrete structured)
 for section in "${sections[@]}"; do $section; done

@@ -1,7 +1,8 @@
 """Benchmarks: run a grid of (model variant x seed) on one dataset, collect and summarise.
 
 A model variant is written ``name`` or ``name:key=value,key=value`` with keys of
-:class:`~hiermix_pyro.config.ModelConfig` (e.g. ``mixture:n_components=20``). Runs whose
+:class:`~hiermix_pyro.config.ModelConfig` or :class:`~hiermix_pyro.config.TrainConfig`
+(e.g. ``mixture:n_components=20``, ``momix:warmup_epochs_discrete=0``). Runs whose
 ``metrics.json`` already exists are skipped, so an interrupted grid resumes where it stopped.
 
 Command line (``python -m hiermix_pyro.bench --help``)::
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -27,9 +29,10 @@ from .workflow import run
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """``"momix:guide=collapsed,prior=studentt"`` -> ``("momix", {"guide": "collapsed", ...})``."""
+    """``"momix:guide=collapsed,level_sizes=(2,4)"`` -> ``("momix", {"guide": "collapsed", "level_sizes": (2, 4)})``."""
     name, _, rest = spec.partition(":")
-    return name, dict(_parse_setting(item) for item in filter(None, rest.split(",")))
+    items = re.split(r",(?![^()\[\]]*[)\]])", rest)  # commas inside (...) or [...] belong to a value
+    return name, dict(_parse_setting(item) for item in filter(None, items))
 
 
 def _parse_setting(item: str) -> tuple[str, object]:
@@ -50,16 +53,23 @@ def run_grid(variants, seeds, *, data: dict, model: dict | None = None, train: d
              out_dir="runs/bench", n_iwae_samples: int = 100) -> pd.DataFrame:
     """Run every variant with every seed (skipping finished runs); return :func:`collect`."""
     out_dir = Path(out_dir)
+    model_keys, train_keys = {f.name for f in fields(ModelConfig)}, {f.name for f in fields(TrainConfig)}
     for spec in variants:
         name, options = parse_variant(spec)
+        unknown = set(options) - model_keys - train_keys
+        if unknown:
+            raise ValueError(f"variant {spec!r}: unknown settings {', '.join(sorted(unknown))} "
+                             "(keys of ModelConfig or TrainConfig)")
+        model_options = {k: v for k, v in options.items() if k in model_keys}
+        train_options = {k: v for k, v in options.items() if k in train_keys}
         for seed in seeds:
             run_dir = out_dir / f"{variant_label(spec)}-seed{seed}"
             if (run_dir / "metrics.json").exists():
                 continue
             print(f"== {spec}, seed {seed} -> {run_dir}", flush=True)
             run(name, from_dict(DataConfig, {**data, "seed": seed}),
-                from_dict(ModelConfig, {**(model or {}), **options}),
-                from_dict(TrainConfig, {**(train or {}), "seed": seed, "progress": False}),
+                from_dict(ModelConfig, {**(model or {}), **model_options}),
+                from_dict(TrainConfig, {**(train or {}), **train_options, "seed": seed, "progress": False}),
                 output_dir=run_dir, n_iwae_samples=n_iwae_samples)
             (run_dir / "variant.txt").write_text(spec)
     return collect(out_dir)
