@@ -110,7 +110,7 @@ def test_checkpoint_of_other_sizes_is_refused(sim_adata, tmp_path):
         fit(model, sim_adata, TrainConfig(epochs=2, batch_size=64, progress=False, checkpoint_path=ckpt))
 
 
-@pytest.mark.parametrize("name", ["vae", "mixture"])
+@pytest.mark.parametrize("name", ["vae", "mixture", "momix"])
 def test_jit_training_matches_eager(name, sim_batch_adata):
     """JIT-compiled steps (batch covariate, changing beta) give the same losses as eager ones."""
     _, eager = _fit(sim_batch_adata, name, epochs=2, warmup_epochs=2)
