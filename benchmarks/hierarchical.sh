@@ -43,7 +43,7 @@ discrete() {  # seed 0: the discrete KL's own warm-up (momix collapsed normal; r
 }
 
 structured() {  # the structured guide runs the decoder once per path (360 for 2/4/5/9), so log p(x | z) is
-  # compiled (TrainConfig.compile_likelihood: about 1.4x faster per step); otherwise the same
+  # compiled (TrainConfig.compile_likelihood: the same losses, a faster step); otherwise the same
   # protocol as main (100 epochs, 5 warm-up epochs), one process per prior side by side:
   # PRIORS=normal bash benchmarks/hierarchical.sh structured & PRIORS=studentt bash ... structured
   local e=${SEPOCHS:-$EPOCHS}

@@ -65,7 +65,8 @@ class CountModel(nn.Module):
 
         Worth its compile time (tens of seconds) where the decoder runs on many z's per cell:
         momix's structured guide decodes one z per path, ``[P, B, G]`` tensors whose
-        elementwise passes dominate its step (about 1.4x faster per step compiled). The values are the
+        elementwise passes dominate its step (1.1x faster per step on an idle CPU core, see
+        benchmarks/step_time.py; more where memory bandwidth is shared). The values are the
         eager ones (tested); ``TrainConfig(compile_likelihood=True)`` calls this.
         """
         import torch._functorch.config as functorch_config
