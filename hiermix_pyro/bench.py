@@ -44,6 +44,16 @@ def _parse_setting(item: str) -> tuple[str, object]:
         return key, value
 
 
+def split_settings(settings: dict, where: str) -> tuple[dict, dict]:
+    """``{key: value}`` -> (ModelConfig settings, TrainConfig settings); unknown keys are an error."""
+    model = {k: v for k, v in settings.items() if k in {f.name for f in fields(ModelConfig)}}
+    train = {k: v for k, v in settings.items() if k in {f.name for f in fields(TrainConfig)}}
+    unknown = set(settings) - set(model) - set(train)
+    if unknown:
+        raise ValueError(f"{where}: unknown settings {', '.join(sorted(unknown))} (keys of ModelConfig or TrainConfig)")
+    return model, train
+
+
 def variant_label(spec: str) -> str:
     """A folder-safe label for a variant spec."""
     return spec.replace(":", "-").replace(",", "-").replace("=", "")
@@ -53,15 +63,9 @@ def run_grid(variants, seeds, *, data: dict, model: dict | None = None, train: d
              out_dir="runs/bench", n_iwae_samples: int = 100) -> pd.DataFrame:
     """Run every variant with every seed (skipping finished runs); return :func:`collect`."""
     out_dir = Path(out_dir)
-    model_keys, train_keys = {f.name for f in fields(ModelConfig)}, {f.name for f in fields(TrainConfig)}
     for spec in variants:
         name, options = parse_variant(spec)
-        unknown = set(options) - model_keys - train_keys
-        if unknown:
-            raise ValueError(f"variant {spec!r}: unknown settings {', '.join(sorted(unknown))} "
-                             "(keys of ModelConfig or TrainConfig)")
-        model_options = {k: v for k, v in options.items() if k in model_keys}
-        train_options = {k: v for k, v in options.items() if k in train_keys}
+        model_options, train_options = split_settings(options, f"variant {spec!r}")
         for seed in seeds:
             run_dir = out_dir / f"{variant_label(spec)}-seed{seed}"
             if (run_dir / "metrics.json").exists():
@@ -135,12 +139,10 @@ def main(argv=None) -> None:
 
         torch.set_num_threads(a.threads)
         threadpool_limits(a.threads)
-    settings = dict(_parse_setting(item) for item in a.set)
-    model = {k: v for k, v in settings.items() if k in {f.name for f in fields(ModelConfig)}}
-    train = {k: v for k, v in settings.items() if k in {f.name for f in fields(TrainConfig)}}
-    unknown = set(settings) - set(model) - set(train)
-    if unknown:
-        raise SystemExit(f"unknown --set keys: {', '.join(sorted(unknown))}")
+    try:
+        model, train = split_settings(dict(_parse_setting(item) for item in a.set), "--set")
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
     data = dict(dataset=a.dataset, drop_labels=tuple(a.drop_labels), labels_key=a.labels_key,
                 batch_key=a.batch_key, data_dir=a.data_dir, n_hvg=a.n_hvg)
     df = run_grid(a.models, a.seeds, data=data, model=model, train=train,

@@ -160,6 +160,15 @@ def categorical_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     return (log_q.exp() * (log_q - log_p)).sum(-1)
 
 
+def path_index(ys, level_sizes) -> torch.Tensor:
+    """Row-major index of the path (y1, ..., yL) among K1 x ... x KL paths (broadcasting):
+    ``((y1 * K2 + y2) * K3 + y3) ...``, the one order of every path table."""
+    out = ys[0]
+    for y, K in zip(ys[1:], level_sizes[1:]):
+        out = out * K + y
+    return out
+
+
 def all_enumerated(ys) -> bool:
     """Whether every y is a whole support enumerated in parallel by Pyro (its mark on the value)."""
     return all(getattr(y, "_pyro_categorical_support", None) is not None for y in ys)
@@ -226,12 +235,7 @@ class ComponentDensity(TorchDistribution):
     @property
     def index(self) -> torch.Tensor:
         """Component indices: ``c`` itself, or the row-major index of the path (y1, ..., yL)."""
-        if not isinstance(self.c, tuple):
-            return self.c
-        out = self.c[0]
-        for y, K in zip(self.c[1:], self.level_sizes[1:]):
-            out = out * K + y
-        return out
+        return path_index(self.c, self.level_sizes) if isinstance(self.c, tuple) else self.c
 
     def log_prob_matrix(self, z):  # [..., B, D] -> [..., B, P]
         if self.df is None:

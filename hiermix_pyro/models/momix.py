@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 from ..config import ModelConfig
 from ..nn import Encoder, cat_broadcast
-from ..priors import ComponentDensity, categorical_kl, take_enumerated
+from ..priors import ComponentDensity, categorical_kl, path_index, take_enumerated
 from .base import CountModel, n_batches, n_classes
 
 GUIDES = ("collapsed", "structured")
@@ -132,10 +132,7 @@ class MoMixVAE(CountModel):
 
     def path_index(self, ys):
         """Row-major joint index of (y1, ..., yL), broadcasting enumerated shapes."""
-        c = ys[0]
-        for y, K in zip(ys[1:], self.level_sizes[1:]):
-            c = c * K + y
-        return c
+        return path_index(ys, self.level_sizes)
 
     def model(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
         pyro.module("momix", self)
