@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test book sync clean
+.PHONY: run test book sync lint clean
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(STAMP)  ## unit tests + every notebook in smoke mode
 
 sync: $(STAMP)  ## regenerate the .ipynb files from their MyST sources
 	$(BIN)/jupytext --to ipynb --update notebooks/*.md
+
+lint: $(STAMP)  ## ruff: lint and format check (configuration in pyproject.toml)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 book: $(STAMP)  ## build the Jupyter Book (notebooks executed in smoke mode) into _build/html
 	SMOKE_TEST=1 $(BIN)/jupyter-book build . --warningiserror --keep-going
