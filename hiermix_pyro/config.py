@@ -21,11 +21,27 @@ class DataConfig:
     batch_key: str | None = None  # batch column (scVI-style covariate), optional
     layer: str | None = None  # AnnData layer holding counts (None: ``.X``)
     data_dir: str | None = None  # where named real sets live (env ``HIERMIX_DATA_DIR``)
+    hierarchy: str | None = None  # CSV/TSV: finest label first, then the levels coarse to fine
+    level_keys: tuple[str, ...] = ()  # obs columns holding the levels, coarse to fine (last: finest)
     drop_labels: tuple[str, ...] = ()  # finest labels to leave out ("CD14+ Monocyte": 9 pops)
     n_hvg: int | None = 500  # highly variable genes (scanpy seurat_v3 on counts); None: all
     subsample: int | None = None  # keep this many cells (stratified), None: all
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test
     seed: int = 0
+
+    def __post_init__(self):
+        # the label levels come from one place: the built-in tree (built-in sets only), a
+        # hierarchy table, or level_keys; the file and the columns are checked when loading
+        if isinstance(self.level_keys, str):
+            raise TypeError(f"level_keys must be a tuple of obs columns, got the string {self.level_keys!r}")
+        object.__setattr__(self, "level_keys", tuple(self.level_keys))
+        if self.hierarchy is not None and self.level_keys:
+            raise ValueError("give either hierarchy (a CSV/TSV table) or level_keys (obs columns), not both")
+        if len(set(self.level_keys)) < len(self.level_keys):
+            raise ValueError(f"level_keys repeats a column: {list(self.level_keys)}")
+        if self.level_keys and self.labels_key not in (None, self.level_keys[-1]):
+            raise ValueError(f"labels_key={self.labels_key!r} differs from the finest of level_keys "
+                             f"({self.level_keys[-1]!r}); leave labels_key out or make them agree")
 
 
 @dataclass(frozen=True)

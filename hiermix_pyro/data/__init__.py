@@ -8,7 +8,7 @@ Typical use::
     adata.uns["hiermix"]  # {"dataset", "levels", "labels_key", "batch_key", "n_hvg"}
 """
 
-from hiermix_pyro.data.hierarchy import add_hierarchy, default_hierarchy, read_hierarchy
+from hiermix_pyro.data.hierarchy import add_hierarchy, add_level_keys, default_hierarchy, read_hierarchy
 from hiermix_pyro.data.loaders import (
     DATASETS,
     PBMC_PURIFIED,
@@ -24,6 +24,7 @@ __all__ = [
     "DATASETS",
     "PBMC_PURIFIED",
     "add_hierarchy",
+    "add_level_keys",
     "default_hierarchy",
     "download_pbmc_purified",
     "load_dataset",

@@ -22,7 +22,7 @@ import scipy.io
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from hiermix_pyro.data.hierarchy import add_hierarchy
+from hiermix_pyro.data.hierarchy import add_hierarchy, add_level_keys, default_hierarchy
 from hiermix_pyro.data.simulate import simulate_hierarchy
 
 DATASETS: tuple[str, ...] = ("pbmc68k", "pbmc_sorted", "pbmc_3tech", "simulated")
@@ -33,6 +33,10 @@ _DATA_FILES = {
     "pbmc_3tech": ("pbmc_3tech.h5ad", "cell_type", "batch"),
 }
 _DATA_DIR_ENV = "HIERMIX_DATA_DIR"
+# the built-in PBMC tree (default_hierarchy) applies to these only, never to a user's labels
+_BUILTIN_TREE = ("pbmc68k", "pbmc_sorted", "pbmc_3tech")
+# uns key that marks data from download_pbmc_purified (kept when written to .h5ad)
+SOURCE_KEY = "hiermix_source"
 _PACKAGE_DATA_DIR = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 PBMC_PURIFIED_URL = "https://cf.10xgenomics.com/samples/cell-exp/1.1.0"
@@ -60,6 +64,7 @@ def load_dataset(
     data_dir: str | Path | None = None,
     drop_labels: tuple[str, ...] = (),
     hierarchy: pd.DataFrame | str | Path | None = None,
+    level_keys: tuple[str, ...] | list[str] = (),
     seed: int = 0,
     **simulate_kwargs,
 ) -> ad.AnnData:
@@ -73,8 +78,8 @@ def load_dataset(
         and ``pbmc_3tech`` are read from the data directory (see :func:`resolve_data_dir`);
         ``simulated`` calls :func:`simulate_hierarchy`.
     labels_key
-        ``obs`` column of the finest label; required for files and AnnData objects, named
-        sets know theirs.
+        ``obs`` column of the finest label; required for files and AnnData objects unless
+        ``level_keys`` is given, named sets know theirs.
     batch_key
         ``obs`` column of the batch, if any (``pbmc_3tech`` defaults to ``"batch"``).
     layer
@@ -85,7 +90,16 @@ def load_dataset(
         Finest labels whose cells are removed (e.g. ``("CD14+ Monocyte",)``).
     hierarchy
         Table or CSV/TSV path mapping finest labels to coarser levels (see
-        :func:`add_hierarchy`); ignored for simulated data, which carries its own tree.
+        :func:`add_hierarchy`).
+    level_keys
+        ``obs`` columns already in the data that hold the levels, coarse to fine; the last is
+        the finest label (see :func:`add_level_keys`). Not together with ``hierarchy``.
+
+    Without ``hierarchy`` and ``level_keys`` the levels are: the built-in PBMC tree
+    (:func:`~hiermix_pyro.data.hierarchy.default_hierarchy`) for ``pbmc68k``, ``pbmc_sorted``,
+    ``pbmc_3tech`` and data from :func:`download_pbmc_purified` when it covers every label;
+    the simulated tree for ``simulated``; else one level, the labels. A user's file never gets
+    the built-in tree because its labels have the built-in names: pass ``hierarchy`` for that.
     seed, **simulate_kwargs
         Passed to :func:`simulate_hierarchy` for ``dataset="simulated"``.
 
@@ -94,18 +108,26 @@ def load_dataset(
     anndata.AnnData
         Counts in ``.X`` (CSR float32), levels in ``obs``, ``uns['hiermix']`` filled.
     """
+    level_keys = _check_level_options(hierarchy, level_keys, labels_key)
     if isinstance(dataset, str) and dataset == "simulated":
         adata = simulate_hierarchy(seed=seed, **simulate_kwargs)
+        if hierarchy is not None or level_keys:  # a table or columns chosen among L1..
+            info = adata.uns["hiermix"]
+            levels = _levels(adata, labels_key or info["labels_key"], hierarchy, level_keys, builtin=False)
+            info.update(levels=levels, labels_key=levels[-1])
     else:
         if simulate_kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(simulate_kwargs)}")
         adata, name, labels_key, batch_key = _read(dataset, labels_key, batch_key, data_dir)
+        if level_keys:
+            labels_key = level_keys[-1]
         _check_obs_key(adata, labels_key, "labels_key")
         if batch_key is not None:
             _check_obs_key(adata, batch_key, "batch_key")
             adata.obs[batch_key] = adata.obs[batch_key].astype("category")
         _use_layer(adata, layer)
-        levels = add_hierarchy(adata, labels_key, hierarchy)
+        builtin = name in _BUILTIN_TREE or adata.uns.get(SOURCE_KEY) == "pbmc_purified"
+        levels = _levels(adata, labels_key, hierarchy, level_keys, builtin)
         adata.uns["hiermix"] = {
             "dataset": name,
             "levels": levels,
@@ -113,6 +135,29 @@ def load_dataset(
             "batch_key": batch_key,
         }
     return _drop_labels(adata, drop_labels)
+
+
+def _check_level_options(hierarchy, level_keys, labels_key) -> tuple[str, ...]:
+    """``level_keys`` as a tuple; errors when it clashes with ``hierarchy`` or ``labels_key``."""
+    if isinstance(level_keys, str):
+        raise TypeError(f"level_keys must be a sequence of obs columns, got the string {level_keys!r}")
+    level_keys = tuple(level_keys or ())
+    if hierarchy is not None and level_keys:
+        raise ValueError("give either hierarchy (a table) or level_keys (obs columns), not both")
+    if level_keys and labels_key not in (None, level_keys[-1]):
+        raise ValueError(f"labels_key={labels_key!r} differs from the finest of level_keys ({level_keys[-1]!r})")
+    return level_keys
+
+
+def _levels(adata: ad.AnnData, labels_key: str, hierarchy, level_keys: tuple[str, ...], builtin: bool) -> list[str]:
+    """Write the label levels into ``adata.obs``; return their columns, coarse to fine."""
+    if level_keys:
+        return add_level_keys(adata, level_keys)
+    if hierarchy is None and builtin:
+        tree = default_hierarchy()
+        if adata.obs[labels_key].astype(str).isin(tree.index).all():
+            hierarchy = tree
+    return add_hierarchy(adata, labels_key, hierarchy)
 
 
 def _read(
@@ -123,7 +168,10 @@ def _read(
 ) -> tuple[ad.AnnData, str, str | None, str | None]:
     """Read ``dataset``; return it with its name and default labels/batch keys filled in."""
     if isinstance(dataset, ad.AnnData):
-        return dataset.copy(), "AnnData", labels_key, batch_key
+        adata = dataset.copy()
+        if adata.uns.get(SOURCE_KEY) == "pbmc_purified":
+            labels_key = labels_key or "cell_type"
+        return adata, "AnnData", labels_key, batch_key
     if dataset == "pbmc68k":
         return _pbmc68k_counts(), "pbmc68k", labels_key or "bulk_labels", batch_key
     if dataset in _DATA_FILES:
@@ -136,7 +184,10 @@ def _read(
             )
         return ad.read_h5ad(path), dataset, labels_key or default_labels, batch_key or default_batch
     if Path(dataset).is_file():
-        return ad.read_h5ad(dataset), str(dataset), labels_key, batch_key
+        adata = ad.read_h5ad(dataset)
+        if adata.uns.get(SOURCE_KEY) == "pbmc_purified":
+            labels_key = labels_key or "cell_type"
+        return adata, str(dataset), labels_key, batch_key
     raise ValueError(
         f"unknown dataset {str(dataset)!r}: not an existing .h5ad file nor one of "
         f"{', '.join(DATASETS)}"
@@ -248,8 +299,9 @@ def download_pbmc_purified(
     -------
     anndata.AnnData
         Counts (CSR float32), Ensembl IDs as ``var_names`` with ``var['gene_symbol']``,
-        population labels in ``obs['cell_type']``. Pass it to :func:`load_dataset` with
-        ``labels_key="cell_type"``.
+        population labels in ``obs['cell_type']``, and ``uns['hiermix_source'] = "pbmc_purified"``.
+        :func:`load_dataset` gives data carrying this mark (also when written to and read from
+        an ``.h5ad`` file) the built-in PBMC tree, with ``labels_key="cell_type"`` by default.
     """
     populations = list(PBMC_PURIFIED) if populations is None else populations
     unknown = sorted(set(populations) - set(PBMC_PURIFIED))
@@ -265,6 +317,7 @@ def download_pbmc_purified(
     adata = ad.concat(parts, merge="same")
     labels = [PBMC_PURIFIED[name] for name in populations]
     adata.obs["cell_type"] = pd.Categorical(adata.obs["cell_type"], categories=labels)
+    adata.uns[SOURCE_KEY] = "pbmc_purified"
     return adata
 
 
@@ -309,6 +362,6 @@ def read_10x_purified_tarball(path: str | Path, population: str) -> ad.AnnData:
         )
         barcodes = pd.read_csv(tar.extractfile(members["barcodes.tsv"]), header=None)[0]
     obs = pd.DataFrame({"barcode": barcodes.to_numpy(), "cell_type": population})
-    obs.index = obs["barcode"] + "_" + population
+    obs.index = (obs["barcode"] + "_" + population).to_numpy()  # unnamed: writable to .h5ad beside obs['barcode']
     var = genes.set_index("gene_id").rename_axis(None)
     return ad.AnnData(sp.csr_matrix(counts.T, dtype=np.float32), obs=obs, var=var)
