@@ -54,6 +54,16 @@ def split_settings(settings: dict, where: str) -> tuple[dict, dict]:
     return model, train
 
 
+def shared_model_settings(name: str, settings: dict) -> dict:
+    """The grid-wide ModelConfig settings that model ``name`` uses (a grid's ``--set init=random``
+    is meant for the models that have an init). A variant's own settings are never filtered: a
+    model given a setting it does not use fails (:meth:`CountModel.check_options`)."""
+    from .models import MODELS
+    from .models.base import COMMON_OPTIONS
+
+    return {k: v for k, v in settings.items() if k in COMMON_OPTIONS or k in MODELS[name].options}
+
+
 def variant_label(spec: str) -> str:
     """A folder-safe label for a variant spec."""
     return spec.replace(":", "-").replace(",", "-").replace("=", "")
@@ -72,7 +82,7 @@ def run_grid(variants, seeds, *, data: dict, model: dict | None = None, train: d
                 continue
             print(f"== {spec}, seed {seed} -> {run_dir}", flush=True)
             run(name, from_dict(DataConfig, {**data, "seed": seed}),
-                from_dict(ModelConfig, {**(model or {}), **model_options}),
+                from_dict(ModelConfig, {**shared_model_settings(name, model or {}), **model_options}),
                 from_dict(TrainConfig, {**(train or {}), **train_options, "seed": seed, "progress": False}),
                 output_dir=run_dir, n_iwae_samples=n_iwae_samples)
             (run_dir / "variant.txt").write_text(spec)
@@ -125,6 +135,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--drop-labels", nargs="*", default=[])
     p.add_argument("--labels-key"), p.add_argument("--batch-key"), p.add_argument("--data-dir")
+    p.add_argument("--hierarchy", help="CSV/TSV: finest label, then the levels coarse to fine")
+    p.add_argument("--level-keys", nargs="*", default=[], help="obs columns holding the levels, coarse to fine")
     p.add_argument("--n-hvg", type=int, default=500)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="ModelConfig or TrainConfig fields for every run, e.g. latent_dim=20 'hidden_dims=(100,100)'")
@@ -144,7 +156,8 @@ def main(argv=None) -> None:
     except ValueError as err:
         raise SystemExit(str(err)) from None
     data = dict(dataset=a.dataset, drop_labels=tuple(a.drop_labels), labels_key=a.labels_key,
-                batch_key=a.batch_key, data_dir=a.data_dir, n_hvg=a.n_hvg)
+                batch_key=a.batch_key, data_dir=a.data_dir, n_hvg=a.n_hvg, hierarchy=a.hierarchy,
+                level_keys=tuple(a.level_keys))
     df = run_grid(a.models, a.seeds, data=data, model=model, train=train,
                   out_dir=a.out or f"runs/bench/{Path(a.dataset).stem}", n_iwae_samples=a.n_iwae_samples)
     if a.csv:

@@ -29,9 +29,15 @@ INITS = ("random", "pca_kmeans", "vae_kmeans")
 
 
 def initialise(model, adata, method: str = "random", seed: int = 0):
-    """Set ``model``'s components from ``adata``'s training cells by ``method``; returns the model."""
+    """Set ``model``'s components from ``adata``'s training cells by ``method``; returns the model.
+
+    ``seed`` (the run's seed) drives PCA, k-means and the VAE pre-training, so different seeds
+    start from different clusterings and a benchmark's spread includes the initialisation's.
+    """
     if method not in INITS:
         raise ValueError(f"unknown init {method!r}; valid: {', '.join(INITS)}")
+    if method != "vae_kmeans" and model.config.init_epochs != type(model.config)().init_epochs:
+        raise ValueError(f"init_epochs={model.config.init_epochs} is for init='vae_kmeans', not init={method!r}")
     if method == "random":
         return model
     train = adata[adata.obs["split"] == "train"] if "split" in adata.obs else adata

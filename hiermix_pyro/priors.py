@@ -262,5 +262,8 @@ class ComponentDensity(TorchDistribution):
         with torch.no_grad():
             if self.df is None:
                 return torch.normal(loc, scale)
-            chi2 = torch.distributions.Chi2(self.df[c]).sample().unsqueeze(-1)  # [*c, 1]
-            return loc + scale * torch.randn(shape) * (self.df[c].unsqueeze(-1) / chi2).sqrt()
+            # multivariate t: one chi-square per draw (per cell), shared by the D coordinates
+            df = self.df[c].expand(shape[:-1])  # [*sample, *batch]
+            chi2 = torch.distributions.Chi2(df).sample().unsqueeze(-1)  # [*sample, *batch, 1]
+            eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
+            return loc + scale * eps * (df.unsqueeze(-1) / chi2).sqrt()

@@ -138,7 +138,18 @@ def kl_weight(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
 
 
-def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> dict:
+RESUMABLE_CHANGES = ("epochs", "patience", "device", "progress", "checkpoint_path")  # TrainConfig fields a resume may change
+
+
+def run_configuration(model, config: TrainConfig, data_config=None) -> dict:
+    """What a checkpoint records of its run: data, model and train configuration, flattened to
+    ``{"data.n_hvg": 500, "model.prior": "normal", "train.lr": 0.001, ...}``."""
+    parts = dict(data=asdict(data_config) if data_config is not None else {}, model=asdict(model.config),
+                 train={k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES})
+    return {f"{part}.{k}": v for part, values in parts.items() for k, v in values.items()}
+
+
+def fit(model, adata, config: TrainConfig = TrainConfig(), *, data_config=None, step_hooks=()) -> dict:
     """Train ``model`` on the ``train`` cells of ``adata``; early stopping on ``validation``.
 
     Parameters
@@ -146,6 +157,10 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
     model: a :class:`~hiermix_pyro.models.base.CountModel`.
     adata: AnnData from :func:`hiermix_pyro.data.prepare` (counts in ``X``, ``obs['split']``).
     config: optimisation settings.
+    data_config: the :class:`~hiermix_pyro.config.DataConfig` that made ``adata``, recorded in the
+        checkpoint with the model's and the train configuration. Resuming a checkpoint whose
+        configuration differs in anything but ``epochs``, ``patience``, ``device``, ``progress``
+        (and the checkpoint's own path) is an error that names the differing keys.
     step_hooks: extra callables ``hook(model, x, s, beta)`` run after every SVI step, after
         the model's own ``prior_step`` (its Empirical-Bayes update, if it has one).
 
@@ -187,8 +202,9 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
         best_loss=math.inf, best_epoch=None, best_weights=None, wait=0, done=False, stopped_early=False,
     )
     ckpt = config.checkpoint_path
+    run_config = run_configuration(model, config, data_config)
     if ckpt and os.path.exists(ckpt):
-        state = _load_checkpoint(ckpt, model, optim, config)
+        state = _load_checkpoint(ckpt, model, optim, config, run_config)
         print(f"hiermix-pyro: resuming from {ckpt} after epoch {state['epoch']}")
 
     history = state["history"]
@@ -234,7 +250,7 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
             state["done"] = stop or epoch + 1 == config.epochs
             state["stopped_early"] = stop
             if ckpt:
-                _save_checkpoint(ckpt, model, optim, config, state)
+                _save_checkpoint(ckpt, model, optim, config, state, run_config)
             if stop:
                 break
     except KeyboardInterrupt:
@@ -253,23 +269,37 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, step_hooks=()) -> 
     )
 
 
-def _save_checkpoint(path, model, optim, config, state) -> None:
+def _save_checkpoint(path, model, optim, config, state, run_config) -> None:
     """Write atomically: an interrupted write never leaves a corrupt checkpoint."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     payload = dict(
         state, model=model.state_dict(), optim=optim.get_state(), train_config=asdict(config),
-        model_class=type(model).__name__, rng=pyro.util.get_rng_state(),
+        run_config=run_config, model_class=type(model).__name__, rng=pyro.util.get_rng_state(),
     )
     tmp = f"{path}.tmp"
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path, model, optim, config) -> dict:
+def _load_checkpoint(path, model, optim, config, run_config) -> dict:
     payload = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
     if payload["model_class"] != type(model).__name__:
         raise ValueError(f"checkpoint {path} holds a {payload['model_class']}, not a {type(model).__name__}; "
                          "remove it or choose another checkpoint_path")
+    saved = payload.get("run_config")
+    if saved is None:
+        raise ValueError(f"checkpoint {path} does not record its configuration (written by an older version); "
+                         "remove it or choose another checkpoint_path")
+    # data.* keys are compared when both runs recorded their DataConfig (fit(..., data_config=...))
+    differ = sorted(k for k in saved.keys() | run_config.keys()
+                    if (k in saved and k in run_config and saved[k] != run_config[k])
+                    or (k.startswith(("model.", "train.")) and (k in saved) != (k in run_config)))
+    if differ:
+        details = "; ".join(f"{k}: {saved.get(k, '(absent)')!r} in the checkpoint, {run_config.get(k, '(absent)')!r} now"
+                            for k in differ)
+        raise ValueError(f"checkpoint {path} belongs to a run with another configuration ({details}). "
+                         "Only epochs, patience, device and progress may change on resume: remove the "
+                         "checkpoint or choose another output folder / checkpoint_path")
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:

@@ -58,7 +58,7 @@ def test_perfect_clustering_scores_one_with_permuted_ids():
         "ari": 1.0,
         "nmi": 1.0,
         "weighted_f1": 1.0,
-        "accuracy": 1.0,
+        "purity": 1.0,
         "utilized_clusters": 3,
     }
     assert json.loads(json.dumps(scores)) == scores
@@ -115,7 +115,7 @@ def test_level_scores_one_and_per_level_clusterings():
     assert [row["level"] for row in shared] == ["L1", "L2"]
     assert [row["n_classes"] for row in shared] == [2, 4]
     assert shared[1]["ari"] == 1.0
-    assert shared[0]["accuracy"] == 1.0 and shared[0]["weighted_f1"] < 1.0
+    assert shared[0]["purity"] == 1.0 and shared[0]["weighted_f1"] < 1.0
 
     per_level = level_scores(obs, ["L1", "L2"], [[5] * 4 + [6] * 4, np.repeat([0, 1, 2, 3], 2)])
     assert all(row["ari"] == 1.0 and row["weighted_f1"] == 1.0 for row in per_level)

@@ -17,7 +17,8 @@ CONFIG = dict(latent_dim=3, hidden_dims=(16,))
 def _setup(name, adata, likelihood="nb"):
     seed_everything(0)
     pyro.clear_param_store()
-    model = build_model(name, adata, ModelConfig(likelihood=likelihood, **CONFIG))
+    K = dict(n_components=12) if name in ("vampprior", "gmm", "vmm") else {}  # K pseudo-inputs <= training cells
+    model = build_model(name, adata, ModelConfig(likelihood=likelihood, **CONFIG, **K))
     x, s = CountTensors.from_adata(adata, split="train")[:32]
     return model, x, s
 

@@ -106,7 +106,7 @@ def test_checkpoint_of_other_sizes_is_refused(sim_adata, tmp_path):
     ckpt = str(tmp_path / "run.pt")
     _fit(sim_adata, epochs=1, checkpoint_path=ckpt)
     model = build_model("vae", sim_adata, ModelConfig(latent_dim=5, hidden_dims=(16,)))
-    with pytest.raises(ValueError, match="written for a model of other sizes"):
+    with pytest.raises(ValueError, match="another configuration .model.latent_dim: 3 in the checkpoint, 5 now"):
         fit(model, sim_adata, TrainConfig(epochs=2, batch_size=64, progress=False, checkpoint_path=ckpt))
 
 

@@ -28,10 +28,19 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}")
 
 
-def build_model(name: str, adata, config: ModelConfig = ModelConfig()) -> CountModel:
-    """Instantiate model ``name`` with sizes taken from a prepared AnnData."""
+def build_model(name: str, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> CountModel:
+    """Instantiate model ``name`` with sizes taken from a prepared AnnData.
+
+    ``seed`` seeds every random number of the construction: the networks' initial weights and any
+    data-dependent initialisation (pseudo-inputs, PCA / VAE pre-training / k-means of the
+    hierarchical mixtures). A setting of ``config`` that the model does not use is an error.
+    """
+    from ..train import seed_everything
+
     check_model_name(name)
-    return MODELS[name].from_adata(adata, config)
+    MODELS[name].check_options(config, name)
+    seed_everything(seed)
+    return MODELS[name].from_adata(adata, config, seed=seed)
 
 
 __all__ = ["MODELS", "CountModel", "VAE", "MixtureVAE", "IndMoMVAE", "MoMixVAE", "VampPrior", "GMM", "VMM", "build_model", "check_model_name"]

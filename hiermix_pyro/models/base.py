@@ -19,10 +19,30 @@ from ..likelihoods import EvaluatedCounts, count_distribution, library_size
 from ..nn import Decoder
 
 
+COMMON_OPTIONS = ("latent_dim", "hidden_dims", "likelihood")  # the ModelConfig fields every model uses
+
+
 class CountModel(nn.Module):
     max_plate_nesting = 1  # the "cells" plate, dim=-1; enumeration uses dims to its left
     enumerated = False  # True: discrete sites enumerated by TraceEnum_ELBO
     level_sizes: tuple[int, ...] = ()  # clusters per level, coarse to fine (none for the VAE)
+    options: tuple[str, ...] = ()  # ModelConfig fields this model uses beyond COMMON_OPTIONS
+
+    @classmethod
+    def check_options(cls, config: ModelConfig, name: str | None = None) -> None:
+        """Fail, naming the fields, when ``config`` sets a field this model would ignore.
+
+        "Sets" means differs from the ModelConfig default: a model either uses a setting or
+        refuses it, never drops it silently.
+        """
+        used = set(COMMON_OPTIONS) | set(cls.options)
+        default = ModelConfig()
+        ignored = {f: getattr(config, f) for f in vars(default) if f not in used and getattr(config, f) != getattr(default, f)}
+        if ignored:
+            settings = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+            raise ValueError(f"model {name or cls.__name__!r} does not use {settings}; leave "
+                             f"{'it' if len(ignored) == 1 else 'them'} at the default. "
+                             f"It uses: {', '.join(sorted(used))}")
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig()):
         super().__init__()
@@ -36,8 +56,9 @@ class CountModel(nn.Module):
         self._compiled_log_px = None  # set by compile_likelihood()
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig()) -> "CountModel":
-        """Build the model with sizes read from an AnnData prepared by ``hiermix_pyro.data``."""
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "CountModel":
+        """Build the model with sizes read from an AnnData prepared by ``hiermix_pyro.data``;
+        ``seed`` drives any data-dependent initialisation (models that have one override this)."""
         return cls(adata.n_vars, n_batches(adata), config)
 
     def cells(self, x: torch.Tensor, n_obs: int | None = None) -> pyro.plate:

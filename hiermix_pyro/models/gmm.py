@@ -57,7 +57,7 @@ def map_objective(log_alpha, log_pi, prec_tril, r, ell, log_p_means) -> torch.Te
 
     ``sum_n sum_k r_nk (log pi_k + E[log N(z_n | mu_k, Lambda_k^{-1})]) + log p(alpha, pi, Lambda) + log_p_means``
 
-    r, ell: ``[B, K]``; log_p_means: log p(mu) (gmm) or -KL(q(mu) || p(mu)) (vmm). The data term is a
+    r, ell: ``[B, K]``; log_p_means: log p(mu) (gmm) or E_q(mu)[log p(mu)] (vmm). The data term is a
     plain *sum over the minibatch* (not scaled to the data set, as in the paper): the batch size
     sets how strongly the hyper-priors pull, e.g. how readily empty clusters are switched off.
     """
@@ -178,6 +178,8 @@ class GMM(CountModel):
     cell: argmax_k of its responsibilities (with the expectation over q(z | x) taken analytically).
     """
 
+    options = ("n_components", "em_update", "em_lr", "em_after_warmup")
+
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = DEFAULT_K):
         super().__init__(n_genes, n_batches, config)
         self.level_sizes = (n_components,)
@@ -188,7 +190,7 @@ class GMM(CountModel):
         self.stats = None  # running sufficient statistics (closed-form M-step)
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig()) -> "GMM":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "GMM":
         return cls(adata.n_vars, n_batches(adata), config, n_components=config.n_components or DEFAULT_K)
 
     @property
@@ -237,10 +239,7 @@ class GMM(CountModel):
         with torch.no_grad():
             z = self.q_z(x, s).sample()  # [B, D]: one draw per cell
             r = e_step(self.prior.log_pi(), self.expected_log_lik(z))  # [B, K]
-        if self.em_optim is None:  # first M-step: means at K random cells' z (EM's usual data start)
-            with torch.no_grad():
-                self.prior.mu.copy_(z[torch.randint(z.shape[0], (self.K,), device=z.device)])
-                r = e_step(self.prior.log_pi(), self.expected_log_lik(z))
+        if self.em_optim is None:  # first M-step; the means start as the paper's draw from p(mu) = N(0, I)
             self.em_optim = torch.optim.Adam(self.prior_params().values(), lr=self.config.em_lr)
         if self.config.em_update == "closed":
             self.closed_form_update(z, r)

@@ -51,6 +51,7 @@ class IndMoMVAE(CountModel):
 
     enumerated = True
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for k and the y's
+    options = ("level_sizes", "prior", "init", "init_epochs", "usage_lambda")  # one guide: q(z | x)
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(),
                  level_sizes: tuple[int, ...] = (2, 4, 5, 9)):
@@ -68,13 +69,14 @@ class IndMoMVAE(CountModel):
         self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, D)  # q(z | x)
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig()) -> "IndMoMVAE":
-        """Level sizes: ``config.level_sizes``, else the number of classes per label level."""
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "IndMoMVAE":
+        """Level sizes: ``config.level_sizes``, else the number of classes per label level;
+        components initialised by ``config.init`` with ``seed``."""
         from ..initialise import initialise
 
         sizes = config.level_sizes or tuple(n_classes(adata)) or (2, 4)
         model = cls(adata.n_vars, n_batches(adata), config, level_sizes=sizes)
-        return initialise(model, adata, config.init)
+        return initialise(model, adata, config.init, seed=seed)
 
     def components(self):
         df = F.softplus(self.df_raw) + 1.0 if self.config.prior == "studentt" else None

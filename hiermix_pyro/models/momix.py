@@ -75,6 +75,8 @@ class MoMixVAE(CountModel):
 
     enumerated = True
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for the y's
+    pyro_name = "momix"
+    options = ("level_sizes", "prior", "guide", "init", "init_epochs", "usage_lambda")
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(),
                  level_sizes: tuple[int, ...] = (2, 4, 5, 9)):
@@ -99,14 +101,14 @@ class MoMixVAE(CountModel):
             self.q_y_prefix = nn.ParameterList([nn.Parameter(torch.zeros(Ks[: l + 1])) for l in range(1, L)])
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig()) -> "MoMixVAE":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "MoMixVAE":
         """Level sizes: ``config.level_sizes``, else the number of classes per label level;
-        components initialised by ``config.init`` (see :mod:`hiermix_pyro.initialise`)."""
+        components initialised by ``config.init`` with ``seed`` (see :mod:`hiermix_pyro.initialise`)."""
         from ..initialise import initialise
 
         sizes = config.level_sizes or tuple(n_classes(adata)) or (2, 4)
         model = cls(adata.n_vars, n_batches(adata), config, level_sizes=sizes)
-        return initialise(model, adata, config.init)
+        return initialise(model, adata, config.init, seed=seed)
 
     @property
     def n_paths(self) -> int:
@@ -135,7 +137,7 @@ class MoMixVAE(CountModel):
         return path_index(ys, self.level_sizes)
 
     def model(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
-        pyro.module("momix", self)
+        pyro.module(self.pyro_name, self)
         loc, scale, df = self.components()  # [P, D]
         collapsed = self.config.guide == "collapsed"
         enum = {"enumerate": "parallel"} if collapsed else {}
@@ -182,7 +184,7 @@ class MoMixVAE(CountModel):
         pyro.factor("usage", -usage_lambda * (n_obs or x.shape[0]) * kl)
 
     def guide(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
-        pyro.module("momix", self)
+        pyro.module(self.pyro_name, self)
         with self.cells(x, n_obs):
             h = self.encoder.hidden(x, s)  # [B, H]
             with poutine.scale(scale=beta):

@@ -6,6 +6,7 @@ The VampPrior Mixture Model, AISTATS (the single-cell setting and the clustering
 
 from __future__ import annotations
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -26,13 +27,17 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
-def pseudo_input_init(adata, K: int):
-    """K random training cells as initial pseudo-inputs: counts ``[K, G]``, one-hot batches ``[K, S]`` or None."""
+def pseudo_input_init(adata, K: int, seed: int = 0):
+    """K distinct training cells, drawn without replacement with ``seed``, as initial pseudo-inputs:
+    counts ``[K, G]``, one-hot batches ``[K, S]`` or None. Only those K rows are densified."""
     from ..train import CountTensors  # local: train imports nothing from models, keep it that way
 
-    data = CountTensors.from_adata(adata, split="train" if "split" in adata.obs else None)
-    idx = torch.randint(len(data), (K,))  # seeded by the caller (seed_everything before build_model)
-    return data[idx]
+    train = adata[(adata.obs["split"] == "train").to_numpy()] if "split" in adata.obs else adata
+    if K > train.n_obs:
+        raise ValueError(f"n_components={K} pseudo-inputs need as many distinct training cells; "
+                         f"there are {train.n_obs}: lower n_components")
+    idx = np.sort(np.random.default_rng(seed).choice(train.n_obs, size=K, replace=False))
+    return CountTensors.from_adata(train[idx])[:]
 
 
 class PseudoInputs(nn.Module):
@@ -72,6 +77,8 @@ class VampPrior(CountModel):
     responsibility, argmax_k E_q[log N(z_n | mu_phi(u_k), sigma_phi^2(u_k))].
     """
 
+    options = ("n_components",)
+
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = DEFAULT_K):
         super().__init__(n_genes, n_batches, config)
         self.level_sizes = (n_components,)
@@ -79,9 +86,9 @@ class VampPrior(CountModel):
         self.u = PseudoInputs(n_components, n_genes, n_batches)
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig()) -> "VampPrior":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "VampPrior":
         model = cls(adata.n_vars, n_batches(adata), config, n_components=config.n_components or DEFAULT_K)
-        model.u.init_from_cells(*pseudo_input_init(adata, model.K))
+        model.u.init_from_cells(*pseudo_input_init(adata, model.K, seed))
         return model
 
     @property

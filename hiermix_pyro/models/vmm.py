@@ -7,6 +7,8 @@ The hyper-priors, E-step and MAP objective are imported from :mod:`.gmm`, not co
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -38,9 +40,13 @@ class VMM(CountModel):
 
     which the model samples z from (fixed during the SVI step). The M-step (:meth:`prior_step`) takes
     one step of the prior's own Adam on (alpha, pi, Lambda, u) for the MAP objective of ``gmm`` with
-    E_q(mu)[log N(z | mu, Lambda^{-1})] in place of log N(z | mu, Lambda^{-1}) and -KL(q(mu) || p(mu))
-    in place of log p(mu). Cluster of a cell: argmax_k of its responsibilities.
+    E_q(mu)[log N(z | mu, Lambda^{-1})] in place of log N(z | mu, Lambda^{-1}) and E_q(mu)[log p(mu)]
+    in place of log p(mu) (App. B). The SVI step holds (alpha, pi, Lambda, u) fixed but, as in the
+    paper's eq. 11, the encoder's gradient flows through q(mu_k; u_k) into p(z).
+    Cluster of a cell: argmax_k of its responsibilities.
     """
+
+    options = ("n_components", "em_lr", "em_after_warmup")
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = DEFAULT_K):
         super().__init__(n_genes, n_batches, config)
@@ -53,26 +59,35 @@ class VMM(CountModel):
         self.stats = None  # (gmm's closed-form statistics; unused here, kept for the shared EM state)
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig()) -> "VMM":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "VMM":
         model = cls(adata.n_vars, n_batches(adata), config, n_components=config.n_components or DEFAULT_K)
-        model.u.init_from_cells(*pseudo_input_init(adata, model.K))
+        model.u.init_from_cells(*pseudo_input_init(adata, model.K, seed))
         return model
 
     @property
     def K(self) -> int:
         return self.level_sizes[0]
 
-    def q_mu(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """q(mu_k) = N(m_k, diag v_k) from the encoder at the pseudo-inputs: ``[K, D]``, ``[K, D]``."""
-        loc, scale = self.encoder(*self.u())
+    def q_mu(self, frozen_u: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(mu_k) = N(m_k, diag v_k) from the encoder at the pseudo-inputs: ``[K, D]``, ``[K, D]``.
+
+        ``frozen_u``: the pseudo-inputs enter as constants (the VI step), the encoder keeps its gradient.
+        """
+        x_u, s_u = self.u()
+        if frozen_u:
+            x_u, s_u = x_u.detach(), None if s_u is None else s_u.detach()
+        loc, scale = self.encoder(x_u, s_u)
         return loc, scale.pow(2)
 
-    @torch.no_grad()
     def pz(self, batch_shape=()) -> GaussianMixture:
-        """p(z) with the means integrated out: covariances Lambda_k^{-1} + diag v_k (fixed: no gradient)."""
-        m, v = self.q_mu()  # [K, D]
-        cov = torch.cholesky_inverse(self.prior.prec_tril()) + torch.diag_embed(v)  # [K, D, D]
-        return GaussianMixture(self.prior.logits, m, prec_tril=precision_tril(cov), batch_shape=batch_shape)
+        """p(z) with the means integrated out: covariances Lambda_k^{-1} + diag v_k.
+
+        The VI step (eq. 11, Algorithm 1 of the paper) holds u, pi, Lambda and alpha fixed, but the
+        encoder phi is shared by q(z | x) and q(mu_k; u_k): its gradient includes this prior term.
+        """
+        m, v = self.q_mu(frozen_u=True)  # [K, D], differentiable in the encoder only
+        cov = torch.cholesky_inverse(self.prior.prec_tril().detach()) + torch.diag_embed(v)  # [K, D, D]
+        return GaussianMixture(self.prior.logits.detach(), m, prec_tril=precision_tril(cov), batch_shape=batch_shape)
 
     def model(self, x, s=None, n_obs=None, beta=1.0):
         pyro.module("vmm", self)
@@ -97,11 +112,13 @@ class VMM(CountModel):
         return expected_normal_log_prob_matrix(z_loc, z_var, m, v, self.prior.prec_tril())
 
     def objective(self, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The M-step's target (App. B of the paper): :func:`map_objective` with
+        E_q(mu)[log N(z | mu, Lambda^{-1})] and E_q(mu)[log p(mu)] = E_q(mu)[log N(mu | 0, I)]."""
         m, v = self.q_mu()
-        neg_kl_mu = 0.5 * (1.0 + v.log() - m.pow(2) - v).sum()  # -KL(q(mu) || N(0, I)), summed over k
+        log_p_mu = -0.5 * (m.pow(2) + v).sum() - 0.5 * m.numel() * math.log(2 * math.pi)  # summed over k
         p = self.prior
         ell = expected_normal_log_prob_matrix(z, None, m, v, p.prec_tril())
-        return map_objective(p.log_alpha, p.log_pi(), p.prec_tril(), r, ell, neg_kl_mu)
+        return map_objective(p.log_alpha, p.log_pi(), p.prec_tril(), r, ell, log_p_mu)
 
     def prior_params(self) -> dict[str, torch.Tensor]:
         return {**dict(self.prior.named_parameters()), **{f"u.{k}": v for k, v in self.u.named_parameters()}}
