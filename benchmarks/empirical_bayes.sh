@@ -4,7 +4,7 @@
 # stopping patience 20, at most 100 epochs (see SET); K = 100 for vampprior / gmm / vmm; EM: gradient
 # M-step with em_lr 1e-3 (the default, chosen from the sweep below), starting after the warm-up. vae is scored with k-means (k = classes)
 # on its latent, as the workflow does. The machine has 2 shared cores: one training process at
-# a time, one torch thread, niced. Run sections by name: empirical_bayes.sh sorted tech sweep
+# a time, one torch thread, niced. Run sections by name: empirical_bayes.sh sorted tech sweep paper
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1  # one thread per run, no spinning OpenMP workers
@@ -39,6 +39,22 @@ sweep() {  # EM learning rate and batch size -> utilised clusters, on pbmc_sorte
   for bs in 64 256; do
     bench "${sorted[@]}" --set epochs=${EPOCHS:-100} batch_size=$bs --out $OUT/sweep_bs$bs --csv benchmarks/results/eb_sweep_bs$bs.csv \
       --models "vmm:em_lr=0.001"
+  done
+}
+
+paper() {  # the VMM paper's protocol: early stopping on the validation ELBO with patience 100, at most
+  # 10,000 epochs, the best epoch restored; 5 seeds; K = 100; package defaults otherwise
+  local set=(--set epochs=10000 patience=100) out=runs/bench_eb/paper
+  for seed in ${SEEDS:-0 1 2 3 4}; do
+    for data in ${DATASETS:-sorted 3tech}; do
+      if [ "$data" = sorted ]; then
+        bench --dataset pbmc_sorted --out $out/sorted --csv benchmarks/results/eb_paper_sorted.csv \
+          --models ${PAPER_MODELS:-vmm gmm vampprior} --seeds $seed "${set[@]}"
+      else
+        bench --dataset pbmc_3tech --batch-key batch --out $out/3tech --csv benchmarks/results/eb_paper_3tech.csv \
+          --models ${PAPER_MODELS:-vmm gmm vampprior vae} --seeds $seed "${set[@]}"
+      fi
+    done
   done
 }
 

@@ -122,10 +122,10 @@ def mean_sd(df: pd.DataFrame, metric: str, by=("variant",), columns="level", dig
     return cell.unstack(columns)
 
 
-def summarise(df: pd.DataFrame, metrics=("ari", "nmi", "weighted_f1", "accuracy", "utilized_clusters",
-                                         "iwae", "seconds_per_epoch")) -> pd.DataFrame:
-    """Mean and standard deviation over seeds, per variant and level."""
-    return df.groupby(["variant", "level"], sort=False)[list(metrics)].agg(["mean", "std"]).round(3)
+def summarise(df: pd.DataFrame, metrics=("ari", "nmi", "weighted_f1", "purity", "accuracy", "utilized_clusters",
+                                         "iwae", "epochs", "seconds_per_epoch")) -> pd.DataFrame:
+    """Mean and standard deviation over seeds, per variant and level (of the metrics present)."""
+    return df.groupby(["variant", "level"], sort=False)[[m for m in metrics if m in df]].agg(["mean", "std"]).round(3)
 
 
 def main(argv=None) -> None:

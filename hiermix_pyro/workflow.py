@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, replace
@@ -31,6 +32,44 @@ def smoke_test_requested(flag: bool = False) -> bool:
     return bool(flag) or os.environ.get("SMOKE_TEST", "").lower() not in ("", "0", "false", "no")
 
 
+# the parameters cell of notebooks/train.ipynb, in its order (a test keeps the two equal)
+NOTEBOOK_PARAMETERS: tuple[str, ...] = (
+    "model", "dataset", "seed", "epochs", "device", "likelihood", "latent_dim", "hidden_dims",
+    "n_components", "level_sizes", "prior", "guide", "init", "init_epochs", "usage_lambda",
+    "em_update", "em_lr", "em_after_warmup", "batch_size", "lr", "warmup_epochs",
+    "warmup_epochs_discrete", "patience", "jit", "compile_likelihood", "n_hvg", "subsample",
+    "labels_key", "batch_key", "hierarchy", "level_keys", "drop_labels", "data_dir",
+    "n_iwae_samples", "output_dir", "smoke_test",
+)
+_NOT_PARAMETERS = {"In", "Out", "get_ipython", "exit", "quit", "open"}  # IPython's own globals
+
+
+def check_parameters(namespace: dict) -> None:
+    """Fail on a notebook global that is not a parameter of ``train.ipynb`` (e.g. a mistyped ``-p``).
+
+    papermill only warns about an unknown ``-p`` name and assigns it in a cell after the parameters
+    cell, so the notebook calls this on ``globals()`` first. Names starting with ``_``, IPython's
+    globals, modules and callables are skipped (imports, not parameters).
+
+    Raises
+    ------
+    ValueError
+        Naming the unknown parameters and listing the valid ones (:data:`NOTEBOOK_PARAMETERS`).
+    """
+    import difflib
+    import types
+
+    unknown = sorted(
+        name for name, value in namespace.items()
+        if name not in NOTEBOOK_PARAMETERS and not name.startswith("_") and name not in _NOT_PARAMETERS
+        and not isinstance(value, types.ModuleType) and not callable(value)
+    )
+    if unknown:
+        hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, NOTEBOOK_PARAMETERS, 1))
+                 else name for name in unknown]
+        raise ValueError(f"unknown parameters: {', '.join(hints)}; valid parameters: {', '.join(NOTEBOOK_PARAMETERS)}")
+
+
 def check_names(model: str, dataset: str) -> None:
     """Fail early, listing the valid names, on an unknown model or dataset."""
     check_model_name(model)
@@ -43,7 +82,8 @@ def load(config: DataConfig = DataConfig(), likelihood: str = "nb") -> ad.AnnDat
     """Load and prepare a dataset: counts, hierarchy levels, HVGs, ``obs['split']``."""
     adata = load_dataset(
         config.dataset, labels_key=config.labels_key, batch_key=config.batch_key, layer=config.layer,
-        data_dir=config.data_dir, drop_labels=config.drop_labels, seed=config.seed,
+        data_dir=config.data_dir, drop_labels=config.drop_labels, hierarchy=config.hierarchy,
+        level_keys=config.level_keys, seed=config.seed,
     )
     return prepare(adata, n_hvg=config.n_hvg, subsample=config.subsample, split=config.split,
                    seed=config.seed, likelihood=likelihood)
@@ -69,6 +109,11 @@ def annotate(model, adata: ad.AnnData, seed: int = 0) -> ad.AnnData:
     - ``obs['cluster_<level>']``: one clustering per label level. Mixture models use argmax of
       their posterior (level l for label level l when the depths agree, else their finest level);
       models without clusters (``vae``) get k-means on the latent with as many clusters as classes;
+    - ``uns['hiermix']['level_map']``: which clustering each label level got, ``{label level:
+      model level}`` with model levels counted from 1 (coarsest) as in ``q_y<l>``, or ``"kmeans"``;
+    - ``obs['confidence_<level>']``: how probable each cell's cluster is for it (its posterior
+      probability; for k-means, minus the distance to the cluster's centre): the VMM paper's
+      accuracy labels each cluster by its most confident member;
     - ``obs['aligned_<level>']``: clusters renamed to their Hungarian-matched class ("unmatched"
       otherwise), for figures that put truth and clusters side by side.
     """
@@ -78,16 +123,31 @@ def annotate(model, adata: ad.AnnData, seed: int = 0) -> ad.AnnData:
     for i, p in enumerate(probs, start=1):
         adata.obsm[f"q_y{i}"] = p
     levels = adata.uns["hiermix"]["levels"]
+    level_map = {}
     for i, level in enumerate(levels):
         if not probs:
             n = adata.obs[level].astype("category").cat.categories.size
             clusters = cluster_latent(latent, n, method="kmeans", seed=seed)
+            level_map[level] = "kmeans"
         else:
-            clusters = probs[i if len(probs) == len(levels) else -1].argmax(1)
+            model_level = i if len(probs) == len(levels) else len(probs) - 1
+            clusters = probs[model_level].argmax(1)
+            level_map[level] = model_level + 1
+        adata.obs[f"confidence_{level}"] = _confidence(clusters, probs[level_map[level] - 1] if probs else None, latent)
         adata.obs[f"cluster_{level}"] = pd.Categorical(clusters.astype(str))
         match = hungarian_match(adata.obs[level].to_numpy(), clusters)
         adata.obs[f"aligned_{level}"] = pd.Categorical([str(match.get(c, "unmatched")) for c in clusters])
+    adata.uns["hiermix"]["level_map"] = level_map
     return adata
+
+
+def _confidence(clusters: np.ndarray, probs: np.ndarray | None, latent: np.ndarray) -> np.ndarray:
+    """Each cell's probability of its own cluster ``[N]``; without probabilities, minus the
+    Euclidean distance of its latent mean to its cluster's centroid."""
+    if probs is not None:
+        return probs[np.arange(len(clusters)), clusters]
+    centres = pd.DataFrame(latent).groupby(clusters).mean()
+    return -np.linalg.norm(latent - centres.loc[clusters].to_numpy(), axis=1)
 
 
 def evaluate(model, adata: ad.AnnData, n_iwae_samples: int = 100, seed: int = 0) -> dict:
@@ -95,13 +155,19 @@ def evaluate(model, adata: ad.AnnData, n_iwae_samples: int = 100, seed: int = 0)
 
     Each level also gets ``nesting`` (:func:`~hiermix_pyro.metrics.nesting_score` of its clusters
     inside the previous level's; NaN at the first level) and ``nesting_labels`` (the same for the
-    true labels, 1 for a strict hierarchy).
+    true labels, 1 for a strict hierarchy), and ``model_level``: the model level (from 1, coarsest)
+    whose clusters were scored against it, or ``"kmeans"`` (``uns['hiermix']['level_map']``).
 
-    Needs :func:`annotate` first (it reads ``obs['cluster_<level>']``).
+    Needs :func:`annotate` first (it reads ``obs['cluster_<level>']`` and the level map).
     """
     seed_everything(seed)
     levels = adata.uns["hiermix"]["levels"]
-    scores = level_scores(adata.obs, levels, [adata.obs[f"cluster_{lvl}"].to_numpy() for lvl in levels])
+    scores = level_scores(adata.obs, levels, [adata.obs[f"cluster_{lvl}"].to_numpy() for lvl in levels],
+                          [adata.obs[f"confidence_{lvl}"].to_numpy() for lvl in levels])
+    level_map = adata.uns["hiermix"].get("level_map", {})
+    for entry in scores:  # which model level was scored against this label level
+        source = level_map.get(entry["level"])
+        entry["model_level"] = source if source is None or isinstance(source, str) else int(source)
     for i in range(len(levels)):  # how far level-i clusters (and, as reference, labels) nest in level i-1's
         coarse, fine = levels[i - 1], levels[i]
         scores[i]["nesting"] = nesting_score(adata.obs[f"cluster_{coarse}"].to_numpy(),
@@ -132,14 +198,43 @@ def _integration_scores(adata) -> dict | None:
     return scib_scores(adata, batch_key, adata.uns["hiermix"]["levels"][-1])
 
 
-def default_output_dir(model: str, dataset: str, seed: int, smoke: bool = False) -> Path:
-    """``runs/<model>-<dataset>-seed<seed>`` (``runs/smoke/...`` for smoke runs, so that a
-    smoke run's checkpoint is never resumed by a full run)."""
-    return Path("runs", *(["smoke"] if smoke else [])) / f"{model}-{Path(dataset).stem}-seed{seed}"
+def config_hash(data_config: DataConfig, model_config: ModelConfig, train_config: TrainConfig) -> str:
+    """Eight hex digits that tell two configurations apart. The settings a resumed run may change
+    (epochs, patience, device, progress, the checkpoint's path) are left out, so that a longer
+    run of the same configuration lands in the same folder and resumes there."""
+    from .train import RESUMABLE_CHANGES
+
+    train = {k: v for k, v in asdict(train_config).items() if k not in RESUMABLE_CHANGES}
+    text = json.dumps(dict(data=asdict(data_config), model=asdict(model_config), train=train), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def default_output_dir(model: str, data_config: DataConfig, model_config: ModelConfig, train_config: TrainConfig,
+                       smoke: bool = False) -> Path:
+    """``runs/<model>-<dataset>-seed<seed>-<config hash>`` (``runs/smoke/...`` for smoke runs, so
+    that a smoke run's checkpoint is never resumed by a full run). Two runs share a folder (and
+    a checkpoint) only when their configurations agree (:func:`config_hash`)."""
+    name = f"{model}-{Path(data_config.dataset).stem}-seed{train_config.seed}-{config_hash(data_config, model_config, train_config)}"
+    return Path("runs", *(["smoke"] if smoke else [])) / name
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then rename onto ``path``: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_run(output_dir, *, model_name, data_config, model_config, train_config, history, scores, adata) -> Path:
-    """Write ``metrics.json``, ``history.json`` and ``adata.h5ad`` into ``output_dir``."""
+    """Write ``adata.h5ad``, ``history.json`` and, last, ``metrics.json`` into ``output_dir``.
+
+    Each file is written atomically (to a temporary name, then renamed), and ``metrics.json``,
+    the file a grid takes as the sign of a finished run, comes last: an interrupted save leaves
+    no result that looks complete.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = dict(
@@ -150,9 +245,9 @@ def save_run(output_dir, *, model_name, data_config, model_config, train_config,
         n_cells=adata.n_obs, n_genes=adata.n_vars, **scores, version=__version__,
         config=dict(data=asdict(data_config), model=asdict(model_config), train=asdict(train_config)),
     )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    (out / "history.json").write_text(json.dumps(history, indent=2, default=str))
-    adata.write_h5ad(out / "adata.h5ad")
+    _atomic_write(out / "adata.h5ad", lambda tmp: adata.write_h5ad(tmp))
+    _atomic_write(out / "history.json", lambda tmp: tmp.write_text(json.dumps(history, indent=2, default=str)))
+    _atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(json.dumps(metrics, indent=2, default=str)))
     return out
 
 
@@ -161,12 +256,11 @@ def run(model_name: str, data_config: DataConfig = DataConfig(), model_config: M
     """The whole job without figures: load, train, annotate, evaluate, save. Returns metrics."""
     check_names(model_name, data_config.dataset)
     adata = load(data_config, model_config.likelihood)
-    seed_everything(train_config.seed)
-    model = build_model(model_name, adata, model_config)
-    output_dir = Path(output_dir or default_output_dir(model_name, data_config.dataset, train_config.seed))
+    model = build_model(model_name, adata, model_config, seed=train_config.seed)
+    output_dir = Path(output_dir or default_output_dir(model_name, data_config, model_config, train_config))
     if train_config.checkpoint_path is None:
         train_config = replace(train_config, checkpoint_path=str(output_dir / "checkpoint.pt"))
-    history = fit(model, adata, train_config)
+    history = fit(model, adata, train_config, data_config=data_config)
     annotate(model, adata, seed=train_config.seed)
     scores = evaluate(model, adata, n_iwae_samples=n_iwae_samples, seed=train_config.seed)
     save_run(output_dir, model_name=model_name, data_config=data_config, model_config=model_config,

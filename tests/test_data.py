@@ -151,7 +151,7 @@ def test_custom_hierarchy_from_csv(tmp_path):
     table = tmp_path / "tree.csv"
     table.write_text("label,lineage\na,first\nb,second\n")
     adata = load_dataset(small_adata(), labels_key="label", hierarchy=table)
-    assert adata.uns["hiermix"]["levels"] == ["lineage", "label"]
+    assert adata.uns["hiermix"]["levels"] == ["lineage"]  # one-to-one with the labels: the finest level itself
     assert list(adata.obs["lineage"]) == ["first", "first", "second", "second"]
     tsv = tmp_path / "tree.tsv"
     tsv.write_text("label\ttop\tleaf\na\tT\ta\nb\tT\tb\n")

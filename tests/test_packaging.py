@@ -50,4 +50,4 @@ def test_train_notebook_has_a_parameters_cell():
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1
     for name in ("model", "dataset", "seed", "epochs", "device", "likelihood", "output_dir", "smoke_test"):
-        assert re.search(rf"^{name} = ", params[0].source, re.M), name
+        assert re.search(rf"^{name}\s*(:[^=]*)?= ", params[0].source, re.M), name

@@ -23,7 +23,8 @@ def test_smoke_flag(monkeypatch):
     assert smoke_test_requested(False)
     monkeypatch.setenv("SMOKE_TEST", "0")
     assert not smoke_test_requested(False)
-    assert default_output_dir("vae", "pbmc68k", 0, smoke=True).parts[:2] == ("runs", "smoke")
+    out = default_output_dir("vae", DataConfig(), ModelConfig(), TrainConfig(), smoke=True)
+    assert out.parts[:2] == ("runs", "smoke") and out.name.startswith("vae-pbmc68k-seed0-")
 
 
 @pytest.mark.parametrize("model", ["vae", "mixture"])
@@ -39,7 +40,7 @@ def test_run_writes_metrics_latent_and_clusters(model, tmp_path):
         assert key in metrics
     assert [lvl["level"] for lvl in metrics["levels"]] == ["L1", "L2", "L3", "L4"]
     for lvl in metrics["levels"]:
-        assert {"n_classes", "ari", "nmi", "weighted_f1", "accuracy", "utilized_clusters"} <= set(lvl)
+        assert {"n_classes", "ari", "nmi", "weighted_f1", "purity", "accuracy", "utilized_clusters"} <= set(lvl)
     adata = sc.read_h5ad(out / "adata.h5ad")
     assert adata.obsm["X_latent"].shape == (adata.n_obs, 3)
     assert {f"cluster_L{i}" for i in range(1, 5)} <= set(adata.obs)
