@@ -79,7 +79,11 @@ def main(argv=None):
         if compiled:
             model.compile_likelihood()
         with store.scope() as state:  # models share parameter names: one store each
-            elbo = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False) if "TraceEnum" in label else make_elbo(model, jit=jit)
+            elbo = (
+                TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+                if "TraceEnum" in label
+                else make_elbo(model, jit=jit)
+            )
             svi = SVI(model.model, model.guide, ClippedAdam({"lr": 1e-3}), elbo)
             beta = torch.tensor(1.0) if jit else 1.0
             for _ in range(3):  # warm-up (and jit compilation)
@@ -100,11 +104,19 @@ def main(argv=None):
     med = {label: 1e3 * statistics.median(ts) for label, ts in times.items()}
     for label, ms in med.items():
         ref = "vae (jit)" if label.endswith("(jit)") and "vae (jit)" in times else "vae"
-        rows.append(dict(variant=label, ms_per_step=round(ms, 2),
-                         ratio_to_vae=round(ms / med[ref], 2), reference=ref,
-                         ratio_to_plain_vae=round(ms / med["vae"], 2),
-                         wall_ms_per_step=round(1e3 * statistics.median(walls[label]), 2),
-                         threads=a.threads, batch_size=a.batch_size, rounds=a.rounds))
+        rows.append(
+            dict(
+                variant=label,
+                ms_per_step=round(ms, 2),
+                ratio_to_vae=round(ms / med[ref], 2),
+                reference=ref,
+                ratio_to_plain_vae=round(ms / med["vae"], 2),
+                wall_ms_per_step=round(1e3 * statistics.median(walls[label]), 2),
+                threads=a.threads,
+                batch_size=a.batch_size,
+                rounds=a.rounds,
+            )
+        )
     df = pd.DataFrame(rows)
     Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(a.csv, index=False)

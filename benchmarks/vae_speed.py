@@ -58,8 +58,15 @@ def scvi_tools(adata):
     train_cells = adata[adata.obs["split"] == "train"].copy()
     scvi.model.SCVI.setup_anndata(train_cells)
     model = scvi.model.SCVI(train_cells, n_hidden=128, n_latent=10, n_layers=1, gene_likelihood="nb")
-    kwargs = dict(batch_size=128, train_size=1.0, accelerator="cpu", enable_progress_bar=False,
-                  early_stopping=False, logger=False, enable_checkpointing=False)
+    kwargs = dict(
+        batch_size=128,
+        train_size=1.0,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        early_stopping=False,
+        logger=False,
+        enable_checkpointing=False,
+    )
     return lambda epochs: model.train(max_epochs=epochs, **kwargs)
 
 
@@ -106,8 +113,17 @@ def main() -> None:
     rows = []
     for name, times in seconds.items():
         med = float(np.median(times))
-        rows.append(dict(tool=name, train_cells=n, epochs=a.epochs, rounds=a.rounds, threads=a.threads,
-                         seconds_per_epoch=round(med / a.epochs, 3), cells_per_second=round(n * a.epochs / med)))
+        rows.append(
+            dict(
+                tool=name,
+                train_cells=n,
+                epochs=a.epochs,
+                rounds=a.rounds,
+                threads=a.threads,
+                seconds_per_epoch=round(med / a.epochs, 3),
+                cells_per_second=round(n * a.epochs / med),
+            )
+        )
     df = pd.DataFrame(rows)
     df["ratio_to_scvi"] = (df["cells_per_second"] / df.loc[0, "cells_per_second"]).round(2)
     Path(a.csv).parent.mkdir(parents=True, exist_ok=True)

@@ -69,8 +69,16 @@ def variant_label(spec: str) -> str:
     return spec.replace(":", "-").replace(",", "-").replace("=", "")
 
 
-def run_grid(variants, seeds, *, data: dict, model: dict | None = None, train: dict | None = None,
-             out_dir="runs/bench", n_iwae_samples: int = 100) -> pd.DataFrame:
+def run_grid(
+    variants,
+    seeds,
+    *,
+    data: dict,
+    model: dict | None = None,
+    train: dict | None = None,
+    out_dir="runs/bench",
+    n_iwae_samples: int = 100,
+) -> pd.DataFrame:
     """Run every variant with every seed (skipping finished runs); return :func:`collect`."""
     out_dir = Path(out_dir)
     for spec in variants:
@@ -81,10 +89,14 @@ def run_grid(variants, seeds, *, data: dict, model: dict | None = None, train: d
             if (run_dir / "metrics.json").exists():
                 continue
             print(f"== {spec}, seed {seed} -> {run_dir}", flush=True)
-            run(name, from_dict(DataConfig, {**data, "seed": seed}),
+            run(
+                name,
+                from_dict(DataConfig, {**data, "seed": seed}),
                 from_dict(ModelConfig, {**shared_model_settings(name, model or {}), **model_options}),
                 from_dict(TrainConfig, {**(train or {}), **train_options, "seed": seed, "progress": False}),
-                output_dir=run_dir, n_iwae_samples=n_iwae_samples)
+                output_dir=run_dir,
+                n_iwae_samples=n_iwae_samples,
+            )
             (run_dir / "variant.txt").write_text(spec)
     return collect(out_dir)
 
@@ -98,11 +110,22 @@ def collect(out_dir) -> pd.DataFrame:
         history = path.parent / "history.json"  # the median epoch is robust to bursts of load on a shared machine
         median_s = float(np.median(json.loads(history.read_text())["seconds"])) if history.exists() else np.nan
         for level in m["levels"]:
-            rows.append(dict(variant=spec, model=m["model"], dataset=m["dataset"], seed=m["seed"],
-                             device=m["device"], epochs=m["epochs"], seconds_per_epoch=m["seconds_per_epoch"],
-                             median_seconds_per_epoch=median_s,
-                             iwae=m["iwae"], elbo=m["elbo"], **level,
-                             **{f"scib_{k}": v for k, v in m.get("scib", {}).items() if k != "metrics"}))
+            rows.append(
+                dict(
+                    variant=spec,
+                    model=m["model"],
+                    dataset=m["dataset"],
+                    seed=m["seed"],
+                    device=m["device"],
+                    epochs=m["epochs"],
+                    seconds_per_epoch=m["seconds_per_epoch"],
+                    median_seconds_per_epoch=median_s,
+                    iwae=m["iwae"],
+                    elbo=m["elbo"],
+                    **level,
+                    **{f"scib_{k}": v for k, v in m.get("scib", {}).items() if k != "metrics"},
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -118,18 +141,32 @@ def load_results(pattern: str = "*.csv", results_dir=RESULTS_DIR) -> pd.DataFram
 def mean_sd(df: pd.DataFrame, metric: str, by=("variant",), columns="level", digits: int = 2) -> pd.DataFrame:
     """A ``mean ± sd`` (over seeds) table of one metric: rows ``by``, columns ``columns``."""
     g = df.groupby([*by, columns], sort=False)[metric]
-    cell = (g.mean().round(digits).astype(str) + " ± " + g.std().fillna(0).round(digits).astype(str))
+    cell = g.mean().round(digits).astype(str) + " ± " + g.std().fillna(0).round(digits).astype(str)
     return cell.unstack(columns)
 
 
-def summarise(df: pd.DataFrame, metrics=("ari", "nmi", "weighted_f1", "purity", "accuracy", "utilized_clusters",
-                                         "iwae", "epochs", "seconds_per_epoch")) -> pd.DataFrame:
+def summarise(
+    df: pd.DataFrame,
+    metrics=(
+        "ari",
+        "nmi",
+        "weighted_f1",
+        "purity",
+        "accuracy",
+        "utilized_clusters",
+        "iwae",
+        "epochs",
+        "seconds_per_epoch",
+    ),
+) -> pd.DataFrame:
     """Mean and standard deviation over seeds, per variant and level (of the metrics present)."""
     return df.groupby(["variant", "level"], sort=False)[[m for m in metrics if m in df]].agg(["mean", "std"]).round(3)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--models", nargs="+", required=True, help="variants: name or name:key=value,...")
     p.add_argument("--dataset", default="pbmc68k")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -138,11 +175,20 @@ def main(argv=None) -> None:
     p.add_argument("--hierarchy", help="CSV/TSV: finest label, then the levels coarse to fine")
     p.add_argument("--level-keys", nargs="*", default=[], help="obs columns holding the levels, coarse to fine")
     p.add_argument("--n-hvg", type=int, default=500)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="ModelConfig or TrainConfig fields for every run, e.g. latent_dim=20 'hidden_dims=(100,100)'")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="ModelConfig or TrainConfig fields for every run, e.g. latent_dim=20 'hidden_dims=(100,100)'",
+    )
     p.add_argument("--n-iwae-samples", type=int, default=100)
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads per run: torch and every OpenMP/BLAS pool (scikit-learn's too)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per run: torch and every OpenMP/BLAS pool (scikit-learn's too)",
+    )
     p.add_argument("--out", default=None, help="run folders (default runs/bench/<dataset>)")
     p.add_argument("--csv", default=None, help="write all rows here (e.g. benchmarks/results/x.csv)")
     a = p.parse_args(argv)
@@ -155,11 +201,25 @@ def main(argv=None) -> None:
         model, train = split_settings(dict(_parse_setting(item) for item in a.set), "--set")
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    data = dict(dataset=a.dataset, drop_labels=tuple(a.drop_labels), labels_key=a.labels_key,
-                batch_key=a.batch_key, data_dir=a.data_dir, n_hvg=a.n_hvg, hierarchy=a.hierarchy,
-                level_keys=tuple(a.level_keys))
-    df = run_grid(a.models, a.seeds, data=data, model=model, train=train,
-                  out_dir=a.out or f"runs/bench/{Path(a.dataset).stem}", n_iwae_samples=a.n_iwae_samples)
+    data = dict(
+        dataset=a.dataset,
+        drop_labels=tuple(a.drop_labels),
+        labels_key=a.labels_key,
+        batch_key=a.batch_key,
+        data_dir=a.data_dir,
+        n_hvg=a.n_hvg,
+        hierarchy=a.hierarchy,
+        level_keys=tuple(a.level_keys),
+    )
+    df = run_grid(
+        a.models,
+        a.seeds,
+        data=data,
+        model=model,
+        train=train,
+        out_dir=a.out or f"runs/bench/{Path(a.dataset).stem}",
+        n_iwae_samples=a.n_iwae_samples,
+    )
     if a.csv:
         Path(a.csv).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(a.csv, index=False)

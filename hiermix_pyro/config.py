@@ -40,8 +40,10 @@ class DataConfig:
         if len(set(self.level_keys)) < len(self.level_keys):
             raise ValueError(f"level_keys repeats a column: {list(self.level_keys)}")
         if self.level_keys and self.labels_key not in (None, self.level_keys[-1]):
-            raise ValueError(f"labels_key={self.labels_key!r} differs from the finest of level_keys "
-                             f"({self.level_keys[-1]!r}); leave labels_key out or make them agree")
+            raise ValueError(
+                f"labels_key={self.labels_key!r} differs from the finest of level_keys "
+                f"({self.level_keys[-1]!r}); leave labels_key out or make them agree"
+            )
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ class ModelConfig:
     level_sizes: tuple[int, ...] | None = None  # clusters per level, coarse to fine (None: classes per label level)
     prior: str = "normal"  # component family: normal | studentt (multivariate t, learned df)
     guide: str = "collapsed"  # momix: collapsed (q(z|x), y enumerated in the model) | structured (q(y|x) q(z|x,y))
-    init: str = "vae_kmeans"  # components: vae_kmeans (VAE pre-training, nested k-means) | pca_kmeans (reference) | random
+    init: str = (
+        "vae_kmeans"  # components: vae_kmeans (VAE pre-training, nested k-means) | pca_kmeans (reference) | random
+    )
     init_epochs: int = 10  # plain-VAE pre-training epochs of init="vae_kmeans"
     usage_lambda: float = 100.0  # marginal-usage regulariser weight during training (reference 100; 0: off): held for half of training, then cosine-decayed to 10%
     # -- VampPrior / Bayesian GMM / VMM priors --
@@ -67,9 +71,7 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.likelihood not in LIKELIHOODS:
-            raise ValueError(
-                f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}"
-            )
+            raise ValueError(f"unknown likelihood {self.likelihood!r}; valid: {', '.join(LIKELIHOODS)}")
         if self.latent_dim < 1:
             raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
         if self.em_update not in ("gradient", "closed"):
@@ -88,13 +90,17 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     warmup_epochs: int = 5  # KL weight beta rises linearly from ~0 to 1 over these epochs
-    warmup_epochs_discrete: int | None = None  # momix / indmom: the discrete (cluster) part of the KL gets its own warm-up; None: the same beta
+    warmup_epochs_discrete: int | None = (
+        None  # momix / indmom: the discrete (cluster) part of the KL gets its own warm-up; None: the same beta
+    )
     patience: int = 20  # early stopping on validation loss; None or 0: never stop early
     clip_norm: float = 10.0  # gradient clipping (per parameter, Pyro's ClippedAdam)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     jit: bool = False  # JitTraceEnum_ELBO: less Pyro overhead per step
-    compile_likelihood: bool = False  # torch.compile log p(x | z) (decoder + count density): for momix's structured guide
+    compile_likelihood: bool = (
+        False  # torch.compile log p(x | z) (decoder + count density): for momix's structured guide
+    )
     checkpoint_path: str | None = None  # write a checkpoint every epoch; resume from it
     progress: bool = True  # tqdm progress bar
 

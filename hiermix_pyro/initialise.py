@@ -70,8 +70,12 @@ def nested_kmeans(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarra
         k_eff = min(k, len(centres))
         parent = KMeans(k_eff, n_init=10, random_state=seed).fit(centres, sample_weight=weights + 1e-3)
         labels.insert(0, parent.labels_[labels[0]])
-        centres = np.stack([np.average(centres[parent.labels_ == j], axis=0, weights=weights[parent.labels_ == j] + 1e-3)
-                            for j in range(k_eff)])
+        centres = np.stack(
+            [
+                np.average(centres[parent.labels_ == j], axis=0, weights=weights[parent.labels_ == j] + 1e-3)
+                for j in range(k_eff)
+            ]
+        )
         weights = np.bincount(parent.labels_, weights=weights, minlength=k_eff)
     return labels
 
@@ -103,8 +107,16 @@ def vae_pretrain(model, adata, seed: int = 0) -> tuple[np.ndarray, torch.Tensor]
 def _train_config(epochs: int, seed: int, batch_size: int = 128):
     from .config import TrainConfig
 
-    return replace(TrainConfig(), epochs=max(1, epochs), warmup_epochs=min(5, max(1, epochs // 2)), patience=0,
-                   seed=seed, progress=False, device="cpu", batch_size=batch_size)
+    return replace(
+        TrainConfig(),
+        epochs=max(1, epochs),
+        warmup_epochs=min(5, max(1, epochs // 2)),
+        patience=0,
+        seed=seed,
+        progress=False,
+        device="cpu",
+        batch_size=batch_size,
+    )
 
 
 @torch.no_grad()
@@ -120,7 +132,9 @@ def set_components(model, emb: np.ndarray, labels: list[np.ndarray], q_var=None,
     sd = (emb.var(0) + extra).sqrt().clamp(min=1e-3)  # [D]
 
     def spread(cells):  # component scale of a cluster, [D]
-        return (cells.var(0) + extra).sqrt().clamp(min=1e-2) if len(cells) > 2 else sd / math.sqrt(max(model.level_sizes))
+        return (
+            (cells.var(0) + extra).sqrt().clamp(min=1e-2) if len(cells) > 2 else sd / math.sqrt(max(model.level_sizes))
+        )
 
     if hasattr(model, "offsets"):
         _set_momix(model, emb, labels, sd, spread, pseudo_count)

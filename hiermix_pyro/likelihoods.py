@@ -136,7 +136,9 @@ class EvaluatedCounts(dist.TorchDistribution):
 
     def log_prob(self, value):
         if value is not self.x and not torch.equal(value, self.x):
-            raise ValueError("EvaluatedCounts holds log p(x | z) at one x only; score other counts with the eager likelihood")
+            raise ValueError(
+                "EvaluatedCounts holds log p(x | z) at one x only; score other counts with the eager likelihood"
+            )
         return self.log_p
 
 

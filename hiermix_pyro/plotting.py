@@ -146,8 +146,7 @@ def _embedding_panel(
         colours = [palette[c] if not pd.isna(c) else (0.85, 0.85, 0.85) for c in codes[order]]
         ax.scatter(x, y, c=colours, s=size, linewidths=0, rasterized=True)
         handles = [
-            Line2D([], [], marker="o", linestyle="", color=colour, label=str(cat))
-            for cat, colour in palette.items()
+            Line2D([], [], marker="o", linestyle="", color=colour, label=str(cat)) for cat, colour in palette.items()
         ]
         ax.legend(
             handles=handles,
@@ -274,9 +273,7 @@ def plot_level_panels(
     fig, axes = plt.subplots(len(levels), 2, figsize=figsize, layout="constrained", squeeze=False)
     for (true_ax, cluster_ax), level, cluster_col in zip(axes, levels, cluster_cols):
         title = f"{level}: true classes"
-        palette = _embedding_panel(
-            true_ax, coords, adata.obs[level], title, axis_name, categorical=True
-        )
+        palette = _embedding_panel(true_ax, coords, adata.obs[level], title, axis_name, categorical=True)
         _embedding_panel(
             cluster_ax,
             coords,

@@ -28,7 +28,9 @@ def diag_normal_log_prob_matrix(z: torch.Tensor, loc: torch.Tensor, scale: torch
     return log_norm - 0.5 * quad
 
 
-def mixture_log_prob(z: torch.Tensor, log_weights: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def mixture_log_prob(
+    z: torch.Tensor, log_weights: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """log sum_p w_p N(z | loc_p, scale_p^2): ``[..., B, D] -> [..., B]``."""
     return torch.logsumexp(log_weights + diag_normal_log_prob_matrix(z, loc, scale), dim=-1)
 
@@ -54,7 +56,10 @@ def full_normal_log_prob_matrix(z: torch.Tensor, loc: torch.Tensor, prec_tril: t
 
 
 def expected_normal_log_prob_matrix(
-    z_loc: torch.Tensor, z_var: torch.Tensor | None, loc: torch.Tensor, loc_var: torch.Tensor | None,
+    z_loc: torch.Tensor,
+    z_var: torch.Tensor | None,
+    loc: torch.Tensor,
+    loc_var: torch.Tensor | None,
     prec_tril: torch.Tensor,
 ) -> torch.Tensor:
     """``E[log N(z | mu_k, Lambda_k^{-1})]`` with z ~ N(z_loc, diag z_var), mu_k ~ N(loc_k, diag loc_var_k).
@@ -97,8 +102,9 @@ class GaussianMixture(dist.TorchDistribution):
         super().__init__(torch.Size(batch_shape), loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        return GaussianMixture(self.log_weights, self.loc, prec_tril=self.prec_tril, scale=self.scale,
-                               batch_shape=batch_shape)
+        return GaussianMixture(
+            self.log_weights, self.loc, prec_tril=self.prec_tril, scale=self.scale, batch_shape=batch_shape
+        )
 
     def component_log_prob(self, z):  # [..., B, D] -> [..., B, K]
         if self.scale is not None:
@@ -122,7 +128,9 @@ class GaussianMixture(dist.TorchDistribution):
 # ---- hierarchical mixtures (momix, indmom): Student-t components, component densities ----
 
 
-def diag_studentt_log_prob_matrix(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
+def diag_studentt_log_prob_matrix(
+    z: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, df: torch.Tensor
+) -> torch.Tensor:
     """Multivariate Student-t ``log t_df(z | loc_p, diag(scale_p^2))`` for all components p.
 
     z: ``[..., B, D]``; loc, scale: ``[P, D]``; df: ``[P]``  ->  ``[..., B, P]``.
@@ -145,8 +153,9 @@ def diag_studentt_log_prob(z: torch.Tensor, loc: torch.Tensor, scale: torch.Tens
 
 
 def _studentt_from_quad(quad, scale, df, D: int):
-    log_norm = (torch.lgamma(0.5 * (df + D)) - torch.lgamma(0.5 * df) - 0.5 * D * torch.log(df * math.pi)
-                - scale.log().sum(-1))
+    log_norm = (
+        torch.lgamma(0.5 * (df + D)) - torch.lgamma(0.5 * df) - 0.5 * D * torch.log(df * math.pi) - scale.log().sum(-1)
+    )
     return log_norm - 0.5 * (df + D) * torch.log1p(quad / df)
 
 
@@ -215,14 +224,16 @@ class ComponentDensity(TorchDistribution):
     arg_constraints = {}
     support = constraints.real_vector
 
-    def __init__(self, c, loc, scale, df=None, batch_size: int | None = None, level_sizes=None,
-                 validate_args=False):
+    def __init__(self, c, loc, scale, df=None, batch_size: int | None = None, level_sizes=None, validate_args=False):
         self.c, self.loc, self.scale, self.df = c, loc, scale, df
         self.level_sizes = level_sizes  # for a tuple c: (K1, ..., KL)
         if isinstance(c, tuple) and level_sizes is None:
             raise ValueError("a path (y1, ..., yL) needs level_sizes")
-        batch_shape = torch.Size() if c is None else (
-            torch.broadcast_shapes(*(y.shape for y in c)) if isinstance(c, tuple) else c.shape)
+        batch_shape = (
+            torch.Size()
+            if c is None
+            else (torch.broadcast_shapes(*(y.shape for y in c)) if isinstance(c, tuple) else c.shape)
+        )
         batch_shape = batch_shape if batch_size is None else torch.broadcast_shapes(batch_shape, (batch_size,))
         super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
 

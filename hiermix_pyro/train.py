@@ -110,6 +110,7 @@ class Stepper:
             def bound(x, s, beta, *extra):
                 s = s if s.shape[-1] else None
                 return fn(x, s, n_obs=n_obs, beta=beta, **dict(zip(self.keys, extra)))
+
             return bound
 
         self.svi = SVI(bind(model.model), bind(model.guide), optim, make_elbo(model, jit=jit))
@@ -138,14 +139,23 @@ def kl_weight(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
 
 
-RESUMABLE_CHANGES = ("epochs", "patience", "device", "progress", "checkpoint_path")  # TrainConfig fields a resume may change
+RESUMABLE_CHANGES = (
+    "epochs",
+    "patience",
+    "device",
+    "progress",
+    "checkpoint_path",
+)  # TrainConfig fields a resume may change
 
 
 def run_configuration(model, config: TrainConfig, data_config=None) -> dict:
     """What a checkpoint records of its run: data, model and train configuration, flattened to
     ``{"data.n_hvg": 500, "model.prior": "normal", "train.lr": 0.001, ...}``."""
-    parts = dict(data=asdict(data_config) if data_config is not None else {}, model=asdict(model.config),
-                 train={k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES})
+    parts = dict(
+        data=asdict(data_config) if data_config is not None else {},
+        model=asdict(model.config),
+        train={k: v for k, v in asdict(config).items() if k not in RESUMABLE_CHANGES},
+    )
     return {f"{part}.{k}": v for part, values in parts.items() for k, v in values.items()}
 
 
@@ -187,8 +197,10 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, data_config=None, 
         )
     discrete = config.warmup_epochs_discrete is not None
     if discrete and not getattr(model, "discrete_kl", False):
-        raise ValueError(f"warmup_epochs_discrete is for models with enumerated cluster variables whose KL "
-                         f"can be weighted apart (momix, indmom), not {type(model).__name__}")
+        raise ValueError(
+            f"warmup_epochs_discrete is for models with enumerated cluster variables whose KL "
+            f"can be weighted apart (momix, indmom), not {type(model).__name__}"
+        )
     pyro.clear_param_store()
     optim = ClippedAdam({"lr": config.lr, "clip_norm": config.clip_norm})
     stepper = Stepper(model, optim, n_obs=len(train), jit=config.jit, discrete=discrete)
@@ -198,8 +210,14 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, data_config=None, 
     total_steps = config.epochs * steps_per_epoch
 
     state = dict(
-        epoch=0, history=dict(epoch=[], train_loss=[], val_loss=[], beta=[], seconds=[]),
-        best_loss=math.inf, best_epoch=None, best_weights=None, wait=0, done=False, stopped_early=False,
+        epoch=0,
+        history=dict(epoch=[], train_loss=[], val_loss=[], beta=[], seconds=[]),
+        best_loss=math.inf,
+        best_epoch=None,
+        best_weights=None,
+        wait=0,
+        done=False,
+        stopped_early=False,
     )
     ckpt = config.checkpoint_path
     run_config = run_configuration(model, config, data_config)
@@ -209,8 +227,13 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, data_config=None, 
 
     history = state["history"]
     interrupted = False
-    bar = tqdm(range(state["epoch"], config.epochs), initial=state["epoch"], total=config.epochs,
-               desc="epochs", disable=not config.progress or state["done"])
+    bar = tqdm(
+        range(state["epoch"], config.epochs),
+        initial=state["epoch"],
+        total=config.epochs,
+        desc="epochs",
+        disable=not config.progress or state["done"],
+    )
     try:
         for epoch in bar:
             if state["done"]:
@@ -224,8 +247,10 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, data_config=None, 
                 beta_y = kl_weight(step, warmup_steps_y) if discrete else None
                 loss = stepper.step(x, s, beta, progress=step / total_steps, beta_y=beta_y)
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {loss} at epoch {epoch + 1}, step {step}; "
-                                             "try a lower lr or a smaller clip_norm")
+                    raise FloatingPointError(
+                        f"the loss became {loss} at epoch {epoch + 1}, step {step}; "
+                        "try a lower lr or a smaller clip_norm"
+                    )
                 model.prior_step(x, s)
                 for hook in step_hooks:
                     hook(model, x, s, beta)
@@ -240,8 +265,9 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, data_config=None, 
                 history[key].append(value)
             monitored = val_loss if len(val) else train_loss
             if monitored < state["best_loss"]:
-                state.update(best_loss=monitored, best_epoch=epoch + 1, wait=0,
-                             best_weights=copy.deepcopy(model.state_dict()))
+                state.update(
+                    best_loss=monitored, best_epoch=epoch + 1, wait=0, best_weights=copy.deepcopy(model.state_dict())
+                )
             else:
                 state["wait"] += 1
             state["epoch"] = epoch + 1
@@ -255,17 +281,23 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, data_config=None, 
                 break
     except KeyboardInterrupt:
         interrupted = True
-        warnings.warn(f"training interrupted after epoch {state['epoch']}; keeping the best weights so far"
-                      + (f" (checkpoint: {ckpt})" if ckpt else ""))
+        warnings.warn(
+            f"training interrupted after epoch {state['epoch']}; keeping the best weights so far"
+            + (f" (checkpoint: {ckpt})" if ckpt else "")
+        )
     finally:
         bar.close()
     if state["best_weights"] is not None:
         model.load_state_dict(state["best_weights"])
     model.eval()
     return dict(
-        history, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-        train_seconds=float(sum(history["seconds"])), device=str(device),
-        stopped_early=state["stopped_early"], interrupted=interrupted,
+        history,
+        best_epoch=state["best_epoch"],
+        epochs_run=state["epoch"],
+        train_seconds=float(sum(history["seconds"])),
+        device=str(device),
+        stopped_early=state["stopped_early"],
+        interrupted=interrupted,
     )
 
 
@@ -273,8 +305,13 @@ def _save_checkpoint(path, model, optim, config, state, run_config) -> None:
     """Write atomically: an interrupted write never leaves a corrupt checkpoint."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     payload = dict(
-        state, model=model.state_dict(), optim=optim.get_state(), train_config=asdict(config),
-        run_config=run_config, model_class=type(model).__name__, rng=pyro.util.get_rng_state(),
+        state,
+        model=model.state_dict(),
+        optim=optim.get_state(),
+        train_config=asdict(config),
+        run_config=run_config,
+        model_class=type(model).__name__,
+        rng=pyro.util.get_rng_state(),
     )
     tmp = f"{path}.tmp"
     torch.save(payload, tmp)
@@ -284,27 +321,40 @@ def _save_checkpoint(path, model, optim, config, state, run_config) -> None:
 def _load_checkpoint(path, model, optim, config, run_config) -> dict:
     payload = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
     if payload["model_class"] != type(model).__name__:
-        raise ValueError(f"checkpoint {path} holds a {payload['model_class']}, not a {type(model).__name__}; "
-                         "remove it or choose another checkpoint_path")
+        raise ValueError(
+            f"checkpoint {path} holds a {payload['model_class']}, not a {type(model).__name__}; "
+            "remove it or choose another checkpoint_path"
+        )
     saved = payload.get("run_config")
     if saved is None:
-        raise ValueError(f"checkpoint {path} does not record its configuration (written by an older version); "
-                         "remove it or choose another checkpoint_path")
+        raise ValueError(
+            f"checkpoint {path} does not record its configuration (written by an older version); "
+            "remove it or choose another checkpoint_path"
+        )
     # data.* keys are compared when both runs recorded their DataConfig (fit(..., data_config=...))
-    differ = sorted(k for k in saved.keys() | run_config.keys()
-                    if (k in saved and k in run_config and saved[k] != run_config[k])
-                    or (k.startswith(("model.", "train.")) and (k in saved) != (k in run_config)))
+    differ = sorted(
+        k
+        for k in saved.keys() | run_config.keys()
+        if (k in saved and k in run_config and saved[k] != run_config[k])
+        or (k.startswith(("model.", "train.")) and (k in saved) != (k in run_config))
+    )
     if differ:
-        details = "; ".join(f"{k}: {saved.get(k, '(absent)')!r} in the checkpoint, {run_config.get(k, '(absent)')!r} now"
-                            for k in differ)
-        raise ValueError(f"checkpoint {path} belongs to a run with another configuration ({details}). "
-                         "Only epochs, patience, device and progress may change on resume: remove the "
-                         "checkpoint or choose another output folder / checkpoint_path")
+        details = "; ".join(
+            f"{k}: {saved.get(k, '(absent)')!r} in the checkpoint, {run_config.get(k, '(absent)')!r} now"
+            for k in differ
+        )
+        raise ValueError(
+            f"checkpoint {path} belongs to a run with another configuration ({details}). "
+            "Only epochs, patience, device and progress may change on resume: remove the "
+            "checkpoint or choose another output folder / checkpoint_path"
+        )
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:
-        raise ValueError(f"checkpoint {path} was written for a model of other sizes; remove it or "
-                         f"choose another checkpoint_path ({str(err).splitlines()[1].strip()})") from None
+        raise ValueError(
+            f"checkpoint {path} was written for a model of other sizes; remove it or "
+            f"choose another checkpoint_path ({str(err).splitlines()[1].strip()})"
+        ) from None
     optim.set_state(payload["optim"])
     pyro.util.set_rng_state(payload["rng"])
     keys = ("epoch", "history", "best_loss", "best_epoch", "best_weights", "wait", "stopped_early")

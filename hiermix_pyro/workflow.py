@@ -34,12 +34,42 @@ def smoke_test_requested(flag: bool = False) -> bool:
 
 # the parameters cell of notebooks/train.ipynb, in its order (a test keeps the two equal)
 NOTEBOOK_PARAMETERS: tuple[str, ...] = (
-    "model", "dataset", "seed", "epochs", "device", "likelihood", "latent_dim", "hidden_dims",
-    "n_components", "level_sizes", "prior", "guide", "init", "init_epochs", "usage_lambda",
-    "em_update", "em_lr", "em_after_warmup", "batch_size", "lr", "warmup_epochs",
-    "warmup_epochs_discrete", "patience", "jit", "compile_likelihood", "n_hvg", "subsample",
-    "labels_key", "batch_key", "hierarchy", "level_keys", "drop_labels", "data_dir",
-    "n_iwae_samples", "output_dir", "smoke_test",
+    "model",
+    "dataset",
+    "seed",
+    "epochs",
+    "device",
+    "likelihood",
+    "latent_dim",
+    "hidden_dims",
+    "n_components",
+    "level_sizes",
+    "prior",
+    "guide",
+    "init",
+    "init_epochs",
+    "usage_lambda",
+    "em_update",
+    "em_lr",
+    "em_after_warmup",
+    "batch_size",
+    "lr",
+    "warmup_epochs",
+    "warmup_epochs_discrete",
+    "patience",
+    "jit",
+    "compile_likelihood",
+    "n_hvg",
+    "subsample",
+    "labels_key",
+    "batch_key",
+    "hierarchy",
+    "level_keys",
+    "drop_labels",
+    "data_dir",
+    "n_iwae_samples",
+    "output_dir",
+    "smoke_test",
 )
 _NOT_PARAMETERS = {"In", "Out", "get_ipython", "exit", "quit", "open"}  # IPython's own globals
 
@@ -60,13 +90,21 @@ def check_parameters(namespace: dict) -> None:
     import types
 
     unknown = sorted(
-        name for name, value in namespace.items()
-        if name not in NOTEBOOK_PARAMETERS and not name.startswith("_") and name not in _NOT_PARAMETERS
-        and not isinstance(value, types.ModuleType) and not callable(value)
+        name
+        for name, value in namespace.items()
+        if name not in NOTEBOOK_PARAMETERS
+        and not name.startswith("_")
+        and name not in _NOT_PARAMETERS
+        and not isinstance(value, types.ModuleType)
+        and not callable(value)
     )
     if unknown:
-        hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, NOTEBOOK_PARAMETERS, 1))
-                 else name for name in unknown]
+        hints = [
+            f"{name} (did you mean {close[0]}?)"
+            if (close := difflib.get_close_matches(name, NOTEBOOK_PARAMETERS, 1))
+            else name
+            for name in unknown
+        ]
         raise ValueError(f"unknown parameters: {', '.join(hints)}; valid parameters: {', '.join(NOTEBOOK_PARAMETERS)}")
 
 
@@ -74,19 +112,33 @@ def check_names(model: str, dataset: str) -> None:
     """Fail early, listing the valid names, on an unknown model or dataset."""
     check_model_name(model)
     if dataset not in DATASETS and not Path(dataset).exists():
-        raise ValueError(f"unknown dataset {dataset!r} (not a name and no such file); "
-                         f"valid datasets: {', '.join(DATASETS)}, or a path to an .h5ad file")
+        raise ValueError(
+            f"unknown dataset {dataset!r} (not a name and no such file); "
+            f"valid datasets: {', '.join(DATASETS)}, or a path to an .h5ad file"
+        )
 
 
 def load(config: DataConfig = DataConfig(), likelihood: str = "nb") -> ad.AnnData:
     """Load and prepare a dataset: counts, hierarchy levels, HVGs, ``obs['split']``."""
     adata = load_dataset(
-        config.dataset, labels_key=config.labels_key, batch_key=config.batch_key, layer=config.layer,
-        data_dir=config.data_dir, drop_labels=config.drop_labels, hierarchy=config.hierarchy,
-        level_keys=config.level_keys, seed=config.seed,
+        config.dataset,
+        labels_key=config.labels_key,
+        batch_key=config.batch_key,
+        layer=config.layer,
+        data_dir=config.data_dir,
+        drop_labels=config.drop_labels,
+        hierarchy=config.hierarchy,
+        level_keys=config.level_keys,
+        seed=config.seed,
     )
-    return prepare(adata, n_hvg=config.n_hvg, subsample=config.subsample, split=config.split,
-                   seed=config.seed, likelihood=likelihood)
+    return prepare(
+        adata,
+        n_hvg=config.n_hvg,
+        subsample=config.subsample,
+        split=config.split,
+        seed=config.seed,
+        likelihood=likelihood,
+    )
 
 
 @torch.no_grad()
@@ -162,17 +214,26 @@ def evaluate(model, adata: ad.AnnData, n_iwae_samples: int = 100, seed: int = 0)
     """
     seed_everything(seed)
     levels = adata.uns["hiermix"]["levels"]
-    scores = level_scores(adata.obs, levels, [adata.obs[f"cluster_{lvl}"].to_numpy() for lvl in levels],
-                          [adata.obs[f"confidence_{lvl}"].to_numpy() for lvl in levels])
+    scores = level_scores(
+        adata.obs,
+        levels,
+        [adata.obs[f"cluster_{lvl}"].to_numpy() for lvl in levels],
+        [adata.obs[f"confidence_{lvl}"].to_numpy() for lvl in levels],
+    )
     level_map = adata.uns["hiermix"].get("level_map", {})
     for entry in scores:  # which model level was scored against this label level
         source = level_map.get(entry["level"])
         entry["model_level"] = source if source is None or isinstance(source, str) else int(source)
     for i in range(len(levels)):  # how far level-i clusters (and, as reference, labels) nest in level i-1's
         coarse, fine = levels[i - 1], levels[i]
-        scores[i]["nesting"] = nesting_score(adata.obs[f"cluster_{coarse}"].to_numpy(),
-                                             adata.obs[f"cluster_{fine}"].to_numpy()) if i else float("nan")
-        scores[i]["nesting_labels"] = nesting_score(adata.obs[coarse].to_numpy(), adata.obs[fine].to_numpy()) if i else float("nan")
+        scores[i]["nesting"] = (
+            nesting_score(adata.obs[f"cluster_{coarse}"].to_numpy(), adata.obs[f"cluster_{fine}"].to_numpy())
+            if i
+            else float("nan")
+        )
+        scores[i]["nesting_labels"] = (
+            nesting_score(adata.obs[coarse].to_numpy(), adata.obs[fine].to_numpy()) if i else float("nan")
+        )
     device = next(model.parameters()).device
     split = "test" if (adata.obs["split"] == "test").any() else None
     data = CountTensors.from_adata(adata, device, split)
@@ -205,12 +266,15 @@ def config_hash(data_config: DataConfig, model_config: ModelConfig, train_config
     from .train import RESUMABLE_CHANGES
 
     train = {k: v for k, v in asdict(train_config).items() if k not in RESUMABLE_CHANGES}
-    text = json.dumps(dict(data=asdict(data_config), model=asdict(model_config), train=train), sort_keys=True, default=str)
+    text = json.dumps(
+        dict(data=asdict(data_config), model=asdict(model_config), train=train), sort_keys=True, default=str
+    )
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
-def default_output_dir(model: str, data_config: DataConfig, model_config: ModelConfig, train_config: TrainConfig,
-                       smoke: bool = False) -> Path:
+def default_output_dir(
+    model: str, data_config: DataConfig, model_config: ModelConfig, train_config: TrainConfig, smoke: bool = False
+) -> Path:
     """``runs/<model>-<dataset>-seed<seed>-<config hash>`` (``runs/smoke/...`` for smoke runs, so
     that a smoke run's checkpoint is never resumed by a full run). Two runs share a folder (and
     a checkpoint) only when their configurations agree (:func:`config_hash`)."""
@@ -238,11 +302,18 @@ def save_run(output_dir, *, model_name, data_config, model_config, train_config,
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = dict(
-        model=model_name, dataset=data_config.dataset, seed=train_config.seed, device=history["device"],
-        epochs=history["epochs_run"], best_epoch=history["best_epoch"],
+        model=model_name,
+        dataset=data_config.dataset,
+        seed=train_config.seed,
+        device=history["device"],
+        epochs=history["epochs_run"],
+        best_epoch=history["best_epoch"],
         train_seconds=history["train_seconds"],
         seconds_per_epoch=history["train_seconds"] / max(1, len(history["seconds"])),
-        n_cells=adata.n_obs, n_genes=adata.n_vars, **scores, version=__version__,
+        n_cells=adata.n_obs,
+        n_genes=adata.n_vars,
+        **scores,
+        version=__version__,
         config=dict(data=asdict(data_config), model=asdict(model_config), train=asdict(train_config)),
     )
     _atomic_write(out / "adata.h5ad", lambda tmp: adata.write_h5ad(tmp))
@@ -251,8 +322,14 @@ def save_run(output_dir, *, model_name, data_config, model_config, train_config,
     return out
 
 
-def run(model_name: str, data_config: DataConfig = DataConfig(), model_config: ModelConfig = ModelConfig(),
-        train_config: TrainConfig = TrainConfig(), output_dir=None, n_iwae_samples: int = 100) -> dict:
+def run(
+    model_name: str,
+    data_config: DataConfig = DataConfig(),
+    model_config: ModelConfig = ModelConfig(),
+    train_config: TrainConfig = TrainConfig(),
+    output_dir=None,
+    n_iwae_samples: int = 100,
+) -> dict:
     """The whole job without figures: load, train, annotate, evaluate, save. Returns metrics."""
     check_names(model_name, data_config.dataset)
     adata = load(data_config, model_config.likelihood)
@@ -263,6 +340,14 @@ def run(model_name: str, data_config: DataConfig = DataConfig(), model_config: M
     history = fit(model, adata, train_config, data_config=data_config)
     annotate(model, adata, seed=train_config.seed)
     scores = evaluate(model, adata, n_iwae_samples=n_iwae_samples, seed=train_config.seed)
-    save_run(output_dir, model_name=model_name, data_config=data_config, model_config=model_config,
-             train_config=train_config, history=history, scores=scores, adata=adata)
+    save_run(
+        output_dir,
+        model_name=model_name,
+        data_config=data_config,
+        model_config=model_config,
+        train_config=train_config,
+        history=history,
+        scores=scores,
+        adata=adata,
+    )
     return json.loads((output_dir / "metrics.json").read_text())

@@ -83,9 +83,7 @@ def test_pbmc68k_hierarchy(pbmc68k):
 
 @pytest.mark.skipif(not SORTED_FILE.exists(), reason="pbmc_sorted.h5ad not available")
 def test_pbmc_sorted_hierarchy_without_monocytes():
-    adata = load_dataset(
-        "pbmc_sorted", data_dir=SORTED_FILE.parent, drop_labels=("CD14+ Monocyte",)
-    )
+    adata = load_dataset("pbmc_sorted", data_dir=SORTED_FILE.parent, drop_labels=("CD14+ Monocyte",))
     levels = adata.uns["hiermix"]["levels"]
     assert [adata.obs[level].cat.categories.size for level in levels] == [2, 4, 5, 9]
     assert adata.n_obs == 3874 - 168
@@ -268,9 +266,7 @@ def test_prepare_seeds_and_subsample():
 def test_prepare_drops_cells_empty_after_hvg_and_small_classes():
     simulated = simulate_hierarchy(seed=0)
     counts = simulated.X.toarray()
-    variances = sc.pp.highly_variable_genes(
-        simulated, flavor="seurat_v3", n_top_genes=50, inplace=False
-    )
+    variances = sc.pp.highly_variable_genes(simulated, flavor="seurat_v3", n_top_genes=50, inplace=False)
     counts[0] = 0
     counts[0, variances["variances_norm"].argmin()] = 1  # its only count: in a gene HVG drops
     labels = simulated.obs["L4"].astype(str).to_numpy()

@@ -209,8 +209,9 @@ def test_sites_loss_and_one_step(name, batches, sim_adata, sim_batch_adata):
 
 @pytest.fixture(scope="module")
 def five_clusters():
-    adata = simulate_hierarchy(branching=(5,), cells_per_leaf=100, n_genes=100, seed=0, effect_size=4.0,
-                               de_fraction=0.3)
+    adata = simulate_hierarchy(
+        branching=(5,), cells_per_leaf=100, n_genes=100, seed=0, effect_size=4.0, de_fraction=0.3
+    )
     return prepare(adata, n_hvg=None, seed=0)
 
 
@@ -254,8 +255,9 @@ def test_resume_continues_exactly_with_em_state(name, options, sim_adata, tmp_pa
     def run(epochs, checkpoint_path=None):
         seed_everything(0)
         model = build_model(name, sim_adata, ModelConfig(**SMALL, em_lr=0.05, **options))
-        cfg = TrainConfig(epochs=epochs, batch_size=64, warmup_epochs=1, patience=0, progress=False,
-                          checkpoint_path=checkpoint_path)
+        cfg = TrainConfig(
+            epochs=epochs, batch_size=64, warmup_epochs=1, patience=0, progress=False, checkpoint_path=checkpoint_path
+        )
         return model, fit(model, sim_adata, cfg)
 
     _, full = run(4)

@@ -59,7 +59,9 @@ def test_sites_loss_and_step(cls, guide, prior, x):
     pyro.clear_param_store()
     elbo = TraceEnum_ELBO(max_plate_nesting=model.max_plate_nesting)
     guide_trace = poutine.trace(poutine.enum(model.guide, first_available_dim=-2)).get_trace(x)
-    model_trace = poutine.trace(poutine.enum(poutine.replay(model.model, guide_trace), first_available_dim=-2)).get_trace(x)
+    model_trace = poutine.trace(
+        poutine.enum(poutine.replay(model.model, guide_trace), first_available_dim=-2)
+    ).get_trace(x)
     ys = [f"y{l + 1}" for l in range(len(LEVELS))]
     assert sample_names(model_trace) == (["k"] if cls is IndMoMVAE else []) + ys + ["z", "x"]
     assert sample_names(guide_trace) == (ys + ["z"] if guide == "structured" else ["z"])
@@ -72,7 +74,9 @@ def test_sites_loss_and_step(cls, guide, prior, x):
     assert math.isfinite(svi.step(x))
 
 
-@pytest.mark.parametrize("levels", [(2, 4, 5, 9), (3, 3, 3, 3, 3), (4, 25)], ids=["reference-360", "deeper-243", "wider-100"])
+@pytest.mark.parametrize(
+    "levels", [(2, 4, 5, 9), (3, 3, 3, 3, 3), (4, 25)], ids=["reference-360", "deeper-243", "wider-100"]
+)
 @pytest.mark.parametrize("cls, guide", [(MoMixVAE, "collapsed"), (MoMixVAE, "structured"), (IndMoMVAE, "collapsed")])
 def test_reference_deeper_and_wider_hierarchies(cls, guide, levels, x):
     """The reference's 2/4/5/9 (360 paths), a 5-level and a wide 2-level tree: finite loss, a
@@ -121,8 +125,13 @@ def component_log_prob(z, loc, scale, df):
     # multivariate t with diagonal scale: a scaled Gaussian mixed over a Gamma precision
     D = z.shape[-1]
     quad = (((z - loc) / scale) ** 2).sum(-1)
-    return (torch.lgamma((df + D) / 2) - torch.lgamma(df / 2) - D / 2 * torch.log(df * math.pi)
-            - scale.log().sum() - (df + D) / 2 * torch.log1p(quad / df))
+    return (
+        torch.lgamma((df + D) / 2)
+        - torch.lgamma(df / 2)
+        - D / 2 * torch.log(df * math.pi)
+        - scale.log().sum()
+        - (df + D) / 2 * torch.log1p(quad / df)
+    )
 
 
 @pytest.mark.parametrize("cls, guide, prior", VARIANTS, ids=IDS)
@@ -181,12 +190,25 @@ def test_structured_elbo_equals_brute_force(x):
     with torch.no_grad():
         for y1, y2 in itertools.product(range(K1), range(K2)):
             z = z_all[y2, y1]  # [B, D]: enumeration dims are [K2, K1, B]
-            onehot = torch.cat([torch.nn.functional.one_hot(torch.tensor(y1), K1),
-                                torch.nn.functional.one_hot(torch.tensor(y2), K2)]).float().expand(B, -1)
+            onehot = (
+                torch.cat(
+                    [
+                        torch.nn.functional.one_hot(torch.tensor(y1), K1),
+                        torch.nn.functional.one_hot(torch.tensor(y2), K2),
+                    ]
+                )
+                .float()
+                .expand(B, -1)
+            )
             q_loc, q_scale = model.encoder.head(torch.cat([h, onehot], -1))
             p = y1 * K2 + y2
-            term = (model.px(z, x).log_prob(x) + dist.Normal(loc[p], scale[p]).log_prob(z).sum(-1) + log_p_y[y1, y2]
-                    - dist.Normal(q_loc, q_scale).log_prob(z).sum(-1) - log_q_y[:, y1, y2])
+            term = (
+                model.px(z, x).log_prob(x)
+                + dist.Normal(loc[p], scale[p]).log_prob(z).sum(-1)
+                + log_p_y[y1, y2]
+                - dist.Normal(q_loc, q_scale).log_prob(z).sum(-1)
+                - log_q_y[:, y1, y2]
+            )
             elbo += log_q_y[:, y1, y2].exp() * term
     assert loss == pytest.approx(-elbo.sum().item(), rel=1e-5)
 
@@ -199,8 +221,10 @@ def test_take_enumerated_is_vindex():
 
     def levels():
         with pyro.plate("cells", 4, dim=-1):
-            return [pyro.sample(f"y{l}", dist.Categorical(logits=torch.zeros(k)), infer={"enumerate": "parallel"})
-                    for l, k in enumerate((2, 3, 4))]
+            return [
+                pyro.sample(f"y{l}", dist.Categorical(logits=torch.zeros(k)), infer={"enumerate": "parallel"})
+                for l, k in enumerate((2, 3, 4))
+            ]
 
     ys = poutine.enum(levels, first_available_dim=-2)()
     table = torch.randn(2, 3, 4, 5)
@@ -214,8 +238,12 @@ def test_take_enumerated_is_vindex():
 def _path_terms(model, z):
     """Per path p, by brute force: log p(y_p) ``[P]`` and log p(z | y_p) ``[B, P]``."""
     loc, scale, _ = model.components()
-    log_py = torch.stack([sum(torch.log_softmax(model.prior_logits[l][ys[:l]], -1)[ys[l]] for l in range(len(ys)))
-                          for ys in itertools.product(*[range(k) for k in model.level_sizes])])
+    log_py = torch.stack(
+        [
+            sum(torch.log_softmax(model.prior_logits[l][ys[:l]], -1)[ys[l]] for l in range(len(ys)))
+            for ys in itertools.product(*[range(k) for k in model.level_sizes])
+        ]
+    )
     log_pz_y = torch.stack([dist.Normal(loc[p], scale[p]).log_prob(z).sum(-1) for p in range(len(log_py))], -1)
     return log_py, log_pz_y
 
@@ -261,8 +289,16 @@ def test_structured_discrete_kl_weight(x, beta, beta_y):
         elbo = -beta_y * (log_q_y.exp() * (log_q_y - log_py)).sum(-1)
         for y1, y2 in itertools.product(range(K1), range(K2)):
             z, p = z_all[y2, y1], y1 * K2 + y2
-            onehot = torch.cat([torch.nn.functional.one_hot(torch.tensor(y1), K1),
-                                torch.nn.functional.one_hot(torch.tensor(y2), K2)]).float().expand(B, -1)
+            onehot = (
+                torch.cat(
+                    [
+                        torch.nn.functional.one_hot(torch.tensor(y1), K1),
+                        torch.nn.functional.one_hot(torch.tensor(y2), K2),
+                    ]
+                )
+                .float()
+                .expand(B, -1)
+            )
             q_z = dist.Normal(*model.encoder.head(torch.cat([h, onehot], -1))).to_event(1)
             kl_z = q_z.log_prob(z) - dist.Normal(loc[p], scale[p]).to_event(1).log_prob(z)
             elbo += log_q_y[:, p].exp() * (model.px(z, x).log_prob(x) - beta * kl_z)
@@ -284,12 +320,18 @@ def test_fit_with_discrete_warmup(jit):
     adata = prepare(simulate_hierarchy(branching=(2, 2), cells_per_leaf=40, n_genes=40, seed=2), n_hvg=None, seed=0)
     seed_everything(0)
     model = build_model("momix", adata, ModelConfig(latent_dim=3, hidden_dims=(16,), init="random"))
-    h = fit(model, adata, TrainConfig(epochs=3, batch_size=32, warmup_epochs=2, warmup_epochs_discrete=0,
-                                      progress=False, jit=jit))
+    h = fit(
+        model,
+        adata,
+        TrainConfig(epochs=3, batch_size=32, warmup_epochs=2, warmup_epochs_discrete=0, progress=False, jit=jit),
+    )
     assert np.isfinite(h["train_loss"]).all() and np.isfinite(h["val_loss"]).all()
     with pytest.raises(ValueError, match="not VAE"):
-        fit(build_model("vae", adata, ModelConfig(latent_dim=3, hidden_dims=(16,))), adata,
-            TrainConfig(epochs=1, batch_size=32, warmup_epochs_discrete=1, progress=False))
+        fit(
+            build_model("vae", adata, ModelConfig(latent_dim=3, hidden_dims=(16,))),
+            adata,
+            TrainConfig(epochs=1, batch_size=32, warmup_epochs_discrete=1, progress=False),
+        )
 
 
 def test_cluster_posterior_matches_pyro_enumeration(x):
@@ -327,8 +369,10 @@ def test_iwae_is_a_valid_bound(guide):
     torch.manual_seed(2)
     data = CountTensors(torch.poisson(torch.rand(40, G) * 10))
     seed_everything(0)
-    means = [np.mean([iwae(model, data, n_samples=s).mean() for _ in range(reps)])
-             for s, reps in ((1, 50), (10, 10), (200, 1))]
+    means = [
+        np.mean([iwae(model, data, n_samples=s).mean() for _ in range(reps)])
+        for s, reps in ((1, 50), (10, 10), (200, 1))
+    ]
     assert means[0] <= means[1] <= means[2]
     if guide == "collapsed":  # a single-sample IWAE is the collapsed ELBO (exact in y)
         pyro.set_rng_seed(0)
@@ -337,7 +381,8 @@ def test_iwae_is_a_valid_bound(guide):
     else:  # marginalising y out of q (and p) only tightens the bound
         pyro.set_rng_seed(0)
         structured_elbo = -TraceEnum_ELBO(max_plate_nesting=1, num_particles=20).loss(
-            model.model, model.guide, data.x) / len(data)
+            model.model, model.guide, data.x
+        ) / len(data)
         assert means[2] >= structured_elbo
 
 
@@ -359,8 +404,19 @@ def test_momix_recovers_simulated_tree():
     """
     from hiermix_pyro.initialise import nested_kmeans, pca_embedding
 
-    adata = prepare(simulate_hierarchy(branching=(2, 2, 2, 2), cells_per_leaf=40, n_genes=200, seed=0, effect_size=3.0,
-                                       effect_decay=0.8, de_fraction=0.2, library_sd=0.05), n_hvg=None)
+    adata = prepare(
+        simulate_hierarchy(
+            branching=(2, 2, 2, 2),
+            cells_per_leaf=40,
+            n_genes=200,
+            seed=0,
+            effect_size=3.0,
+            effect_decay=0.8,
+            de_fraction=0.2,
+            library_sd=0.05,
+        ),
+        n_hvg=None,
+    )
     levels = adata.uns["hiermix"]["levels"]
     pca_levels = nested_kmeans(pca_embedding(adata, 20), (2, 4, 8, 16))
     assert min(s["ari"] for s in level_scores(adata.obs, levels, pca_levels)) >= 0.95

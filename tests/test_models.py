@@ -25,8 +25,11 @@ def _setup(name, adata, likelihood="nb"):
 
 def _latent_sites(trace, skip_enumerated=False):
     return {
-        name for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site["is_observed"] and name != "cells"
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and name != "cells"
         and not (skip_enumerated and site["infer"].get("enumerate"))
     }
 

@@ -57,8 +57,12 @@ def test_interrupt_keeps_progress(sim_adata, tmp_path):
     seed_everything(0)
     model = build_model("vae", sim_adata, SMALL)
     with pytest.warns(UserWarning, match="interrupted after epoch 2"):
-        h = fit(model, sim_adata, TrainConfig(epochs=5, batch_size=64, progress=False, checkpoint_path=ckpt),
-                step_hooks=[interrupt_in_epoch_3])
+        h = fit(
+            model,
+            sim_adata,
+            TrainConfig(epochs=5, batch_size=64, progress=False, checkpoint_path=ckpt),
+            step_hooks=[interrupt_in_epoch_3],
+        )
     assert h["interrupted"] and h["epochs_run"] == 2
     _, h2 = _fit(sim_adata, epochs=5, checkpoint_path=ckpt)
     assert h2["epoch"] == [1, 2, 3, 4, 5] and not h2["interrupted"]
@@ -127,7 +131,9 @@ def test_compiled_likelihood_matches_eager(sim_batch_adata):
     for compile_ in (False, True):
         seed_everything(0)
         model = build_model("momix", sim_batch_adata, config)
-        h = fit(model, sim_batch_adata, TrainConfig(epochs=2, batch_size=64, progress=False, compile_likelihood=compile_))
+        h = fit(
+            model, sim_batch_adata, TrainConfig(epochs=2, batch_size=64, progress=False, compile_likelihood=compile_)
+        )
         losses.append(h["train_loss"] + h["val_loss"])
     torch.testing.assert_close(torch.tensor(losses[1]), torch.tensor(losses[0]), rtol=1e-4, atol=0)
     x = torch.poisson(torch.rand(3, sim_batch_adata.n_vars))

@@ -88,7 +88,10 @@ def test_gmm_initial_means_have_no_duplicates(sim_adata):
 def test_pseudo_inputs_are_distinct_cells(sim_adata):
     n_train = int((sim_adata.obs["split"] == "train").sum())
     x, _ = pseudo_input_init(sim_adata, n_train, seed=3)
-    assert torch.unique(x, dim=0).shape[0] == torch.unique(CountTensors.from_adata(sim_adata, split="train").x, dim=0).shape[0]
+    assert (
+        torch.unique(x, dim=0).shape[0]
+        == torch.unique(CountTensors.from_adata(sim_adata, split="train").x, dim=0).shape[0]
+    )
     with pytest.raises(ValueError, match="need as many distinct training cells"):
         pseudo_input_init(sim_adata, n_train + 1)
 
@@ -130,11 +133,19 @@ def test_mixture_is_one_level_momix_with_the_same_options(sim_adata):
     assert hasattr(structured, "q_y_heads")
 
 
-@pytest.mark.parametrize("name, setting", [
-    ("vae", dict(prior="studentt")), ("vae", dict(n_components=5)), ("vmm", dict(em_update="closed")),
-    ("gmm", dict(level_sizes=(2, 3))), ("indmom", dict(guide="structured")), ("vampprior", dict(em_lr=0.1)),
-    ("mixture", dict(level_sizes=(2, 3))), ("momix", dict(n_components=4)),
-])
+@pytest.mark.parametrize(
+    "name, setting",
+    [
+        ("vae", dict(prior="studentt")),
+        ("vae", dict(n_components=5)),
+        ("vmm", dict(em_update="closed")),
+        ("gmm", dict(level_sizes=(2, 3))),
+        ("indmom", dict(guide="structured")),
+        ("vampprior", dict(em_lr=0.1)),
+        ("mixture", dict(level_sizes=(2, 3))),
+        ("momix", dict(n_components=4)),
+    ],
+)
 def test_a_model_refuses_settings_it_does_not_use(name, setting, sim_adata):
     key = next(iter(setting))
     with pytest.raises(ValueError, match=f"model '{name}' does not use {key}="):
@@ -157,7 +168,11 @@ def test_init_epochs_without_vae_kmeans_is_refused(sim_adata):
 def test_studentt_draws_one_scale_per_cell():
     torch.manual_seed(0)
     D, B = 400, 64
-    loc, scale, df = torch.zeros(2, D, dtype=torch.float64), torch.ones(2, D, dtype=torch.float64), torch.full((2,), 3.0, dtype=torch.float64)
+    loc, scale, df = (
+        torch.zeros(2, D, dtype=torch.float64),
+        torch.ones(2, D, dtype=torch.float64),
+        torch.full((2,), 3.0, dtype=torch.float64),
+    )
     for c in (torch.arange(2).reshape(2, 1), torch.zeros(B, dtype=torch.long)):  # enumerated / one per cell
         z = ComponentDensity(c, loc, scale, df, batch_size=B).sample()
         assert z.dtype == torch.float64
@@ -177,15 +192,33 @@ def test_resuming_another_configuration_fails_naming_the_keys(tmp_path):
     workflow.run("momix", DATA, base, train, output_dir=tmp_path, n_iwae_samples=2)
     other = ModelConfig(**SMALL, init="random", prior="studentt")
     with pytest.raises(ValueError, match=r"model\.prior: 'normal' in the checkpoint, 'studentt' now; train\.lr"):
-        workflow.run("momix", DATA, other, TrainConfig(epochs=1, batch_size=64, progress=False, lr=0.01),
-                     output_dir=tmp_path, n_iwae_samples=2)
+        workflow.run(
+            "momix",
+            DATA,
+            other,
+            TrainConfig(epochs=1, batch_size=64, progress=False, lr=0.01),
+            output_dir=tmp_path,
+            n_iwae_samples=2,
+        )
     # what may change on resume does not fail: more epochs go on from the checkpoint
-    metrics = workflow.run("momix", DATA, base, TrainConfig(epochs=2, batch_size=64, progress=False, patience=5),
-                           output_dir=tmp_path, n_iwae_samples=2)
+    metrics = workflow.run(
+        "momix",
+        DATA,
+        base,
+        TrainConfig(epochs=2, batch_size=64, progress=False, patience=5),
+        output_dir=tmp_path,
+        n_iwae_samples=2,
+    )
     assert metrics["epochs"] == 2
     with pytest.raises(ValueError, match=r"data\.n_hvg"):
-        workflow.run("momix", DataConfig(dataset="simulated", n_hvg=50, subsample=240), base, train,
-                     output_dir=tmp_path, n_iwae_samples=2)
+        workflow.run(
+            "momix",
+            DataConfig(dataset="simulated", n_hvg=50, subsample=240),
+            base,
+            train,
+            output_dir=tmp_path,
+            n_iwae_samples=2,
+        )
 
 
 def test_default_output_folder_tells_configurations_apart():
@@ -207,18 +240,30 @@ def test_an_interrupted_save_leaves_no_result(tmp_path, monkeypatch, sim_adata):
 
     monkeypatch.setattr(type(adata), "write_h5ad", broken_write)
     with pytest.raises(KeyboardInterrupt):
-        workflow.save_run(out, model_name="vae", data_config=DataConfig(), model_config=ModelConfig(),
-                          train_config=TrainConfig(), history=dict(device="cpu", epochs_run=1, best_epoch=1,
-                                                                   train_seconds=1.0, seconds=[1.0]),
-                          scores=dict(levels=[]), adata=adata)
+        workflow.save_run(
+            out,
+            model_name="vae",
+            data_config=DataConfig(),
+            model_config=ModelConfig(),
+            train_config=TrainConfig(),
+            history=dict(device="cpu", epochs_run=1, best_epoch=1, train_seconds=1.0, seconds=[1.0]),
+            scores=dict(levels=[]),
+            adata=adata,
+        )
     assert sorted(p.name for p in out.iterdir()) == []  # no metrics.json, no half-written adata.h5ad
 
 
 def test_saved_metrics_are_complete_json(tmp_path, sim_adata):
-    out = workflow.save_run(tmp_path, model_name="vae", data_config=DataConfig(), model_config=ModelConfig(),
-                            train_config=TrainConfig(), history=dict(device="cpu", epochs_run=1, best_epoch=1,
-                                                                     train_seconds=1.0, seconds=[1.0]),
-                            scores=dict(levels=[]), adata=sim_adata.copy())
+    out = workflow.save_run(
+        tmp_path,
+        model_name="vae",
+        data_config=DataConfig(),
+        model_config=ModelConfig(),
+        train_config=TrainConfig(),
+        history=dict(device="cpu", epochs_run=1, best_epoch=1, train_seconds=1.0, seconds=[1.0]),
+        scores=dict(levels=[]),
+        adata=sim_adata.copy(),
+    )
     assert sorted(p.name for p in out.iterdir()) == ["adata.h5ad", "history.json", "metrics.json"]
     assert json.loads((out / "metrics.json").read_text())["model"] == "vae"
 

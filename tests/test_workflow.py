@@ -31,8 +31,12 @@ def test_smoke_flag(monkeypatch):
 def test_run_writes_metrics_latent_and_clusters(model, tmp_path):
     out = tmp_path / model
     metrics = run(
-        model, DataConfig(dataset="simulated", n_hvg=None), ModelConfig(latent_dim=3, hidden_dims=(16,)),
-        TrainConfig(epochs=2, batch_size=64, progress=False), output_dir=out, n_iwae_samples=3,
+        model,
+        DataConfig(dataset="simulated", n_hvg=None),
+        ModelConfig(latent_dim=3, hidden_dims=(16,)),
+        TrainConfig(epochs=2, batch_size=64, progress=False),
+        output_dir=out,
+        n_iwae_samples=3,
     )
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == metrics
@@ -55,5 +59,7 @@ def test_tuple_settings_from_command_line_strings():
     assert from_dict(DataConfig, {"drop_labels": "CD14+ Monocyte"}).drop_labels == ("CD14+ Monocyte",)
     assert from_dict(DataConfig, {"drop_labels": ["a", "b"]}).drop_labels == ("a", "b")
     assert from_dict(ModelConfig, {"hidden_dims": "[100, 100]"}).hidden_dims == (100, 100)
-    assert from_dict(ModelConfig, {"level_sizes": "(2, 4)", "hidden_dims": 64}) == ModelConfig(level_sizes=(2, 4), hidden_dims=(64,))
+    assert from_dict(ModelConfig, {"level_sizes": "(2, 4)", "hidden_dims": 64}) == ModelConfig(
+        level_sizes=(2, 4), hidden_dims=(64,)
+    )
     assert from_dict(ModelConfig, {"level_sizes": None}).level_sizes is None

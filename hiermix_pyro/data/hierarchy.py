@@ -119,8 +119,10 @@ def add_hierarchy(
     table = table.set_axis(table.index.astype(str))
     missing = sorted(set(labels) - set(table.index))
     if missing:
-        raise ValueError(f"labels missing from the hierarchy table: {missing} "
-                         f"(obs[{labels_key!r}] against the first column of the hierarchy {origin})")
+        raise ValueError(
+            f"labels missing from the hierarchy table: {missing} "
+            f"(obs[{labels_key!r}] against the first column of the hierarchy {origin})"
+        )
     present = table.loc[sorted(set(labels))]
     empty = {level: sorted(present.index[present[level].isna()]) for level in table.columns}
     empty = {level: rows for level, rows in empty.items() if rows}
@@ -130,8 +132,10 @@ def add_hierarchy(
     finest_given = bool(levels) and table[levels[-1]].notna().all() and table[levels[-1]].is_unique
     coarse = levels[:-1] if finest_given else levels
     if labels_key in coarse:
-        raise ValueError(f"hierarchy {origin}: the coarser level {labels_key!r} has the name of the labels "
-                         f"column; rename that column of the table")
+        raise ValueError(
+            f"hierarchy {origin}: the coarser level {labels_key!r} has the name of the labels "
+            f"column; rename that column of the table"
+        )
     for level in levels:
         order = pd.unique(table[level].dropna())  # table order keeps siblings together in plots
         values = pd.Categorical(labels.map(table[level]), categories=order)
@@ -176,9 +180,11 @@ def add_level_keys(adata: ad.AnnData, level_keys: tuple[str, ...] | list[str]) -
         ambiguous = {str(label): sorted(map(str, values)) for label, values in parents.items() if len(values) > 1}
         if ambiguous:
             label, values = next(iter(ambiguous.items()))
-            raise ValueError(f"level_keys: the finest level {finest!r} does not determine {coarse!r}: label "
-                             f"{label!r} has the parents {values}" +
-                             (f" ({len(ambiguous)} labels in all: {sorted(ambiguous)})" if len(ambiguous) > 1 else ""))
+            raise ValueError(
+                f"level_keys: the finest level {finest!r} does not determine {coarse!r}: label "
+                f"{label!r} has the parents {values}"
+                + (f" ({len(ambiguous)} labels in all: {sorted(ambiguous)})" if len(ambiguous) > 1 else "")
+            )
     for key in level_keys:
         adata.obs[key] = adata.obs[key].astype("category").cat.remove_unused_categories()
     return level_keys

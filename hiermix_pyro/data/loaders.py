@@ -188,10 +188,7 @@ def _read(
         if adata.uns.get(SOURCE_KEY) == "pbmc_purified":
             labels_key = labels_key or "cell_type"
         return adata, str(dataset), labels_key, batch_key
-    raise ValueError(
-        f"unknown dataset {str(dataset)!r}: not an existing .h5ad file nor one of "
-        f"{', '.join(DATASETS)}"
-    )
+    raise ValueError(f"unknown dataset {str(dataset)!r}: not an existing .h5ad file nor one of {', '.join(DATASETS)}")
 
 
 def _check_obs_key(adata: ad.AnnData, key: str | None, argument: str) -> None:

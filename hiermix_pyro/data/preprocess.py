@@ -123,11 +123,15 @@ def _select_hvg(adata: ad.AnnData, n_hvg: int, batch_key: str | None) -> ad.AnnD
         except ValueError as err:  # skmisc's loess: "There are other near singularities ..."
             if "singular" not in str(err):
                 raise
-            warnings.warn(f"seurat_v3's loess fit was singular with span {span} on {adata.n_obs} cells; "
-                          "retrying with a wider span")
+            warnings.warn(
+                f"seurat_v3's loess fit was singular with span {span} on {adata.n_obs} cells; "
+                "retrying with a wider span"
+            )
             adata = adata[:, np.asarray((adata.X > 0).sum(0)).ravel() > 0].copy()
-    raise ValueError(f"highly variable gene selection failed on {adata.n_obs} cells even with span 1.0: "
-                     "use more cells (subsample) or n_hvg=None")
+    raise ValueError(
+        f"highly variable gene selection failed on {adata.n_obs} cells even with span 1.0: "
+        "use more cells (subsample) or n_hvg=None"
+    )
 
 
 def _drop_empty_cells(adata: ad.AnnData) -> ad.AnnData:
@@ -146,9 +150,7 @@ def _drop_empty_cells(adata: ad.AnnData) -> ad.AnnData:
     return adata
 
 
-def _split_labels(
-    labels: np.ndarray, fractions: tuple[float, float, float], seed: int
-) -> pd.Categorical:
+def _split_labels(labels: np.ndarray, fractions: tuple[float, float, float], seed: int) -> pd.Categorical:
     """Assign each cell to train, validation or test, stratified by label."""
     n = len(labels)
     _, f_val, f_test = fractions
@@ -160,9 +162,7 @@ def _split_labels(
     return pd.Categorical(split, categories=SPLITS)
 
 
-def _stratified_take(
-    index: np.ndarray, labels: np.ndarray, size: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_take(index: np.ndarray, labels: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``size`` of ``index`` stratified by ``labels``; return (taken, rest).
 
     Falls back to a plain random draw, with a warning, when a class is too small to stratify.
@@ -174,8 +174,6 @@ def _stratified_take(
     try:
         taken, rest = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
     except ValueError as err:
-        warnings.warn(
-            f"cannot stratify by label ({err}); drawing at random", UserWarning, stacklevel=3
-        )
+        warnings.warn(f"cannot stratify by label ({err}); drawing at random", UserWarning, stacklevel=3)
         taken, rest = train_test_split(index, train_size=size, random_state=seed)
     return taken, rest

@@ -14,6 +14,15 @@ from .clustering import (
 from .likelihood import elbo, iwae
 
 __all__ = [
-    "cluster_latent", "cluster_scores", "hungarian_match", "hungarian_weighted_f1", "level_scores",
-    "majority_accuracy", "nesting_score", "top_member_accuracy", "utilized_clusters", "elbo", "iwae",
+    "cluster_latent",
+    "cluster_scores",
+    "hungarian_match",
+    "hungarian_weighted_f1",
+    "level_scores",
+    "majority_accuracy",
+    "nesting_score",
+    "top_member_accuracy",
+    "utilized_clusters",
+    "elbo",
+    "iwae",
 ]

@@ -45,8 +45,7 @@ def _check_pair(
     labels, clusters = _as_1d(labels, names[0]), _as_1d(clusters, names[1])
     if len(labels) != len(clusters):
         raise ValueError(
-            f"{names[0]} and {names[1]} must have one entry per cell: "
-            f"got {len(labels)} and {len(clusters)}"
+            f"{names[0]} and {names[1]} must have one entry per cell: got {len(labels)} and {len(clusters)}"
         )
     return labels, clusters
 
@@ -106,11 +105,7 @@ def hungarian_weighted_f1(labels: ArrayLike, clusters: ArrayLike) -> float:
     cluster_to_class = np.full(len(cluster_ids), -1)  # -1: unmatched, not a class
     cluster_to_class[cluster_idx] = class_idx
     y_pred = cluster_to_class[cluster_codes]
-    return float(
-        f1_score(
-            y_true, y_pred, labels=np.arange(len(classes)), average="weighted", zero_division=0
-        )
-    )
+    return float(f1_score(y_true, y_pred, labels=np.arange(len(classes)), average="weighted", zero_division=0))
 
 
 def majority_accuracy(labels: ArrayLike, clusters: ArrayLike) -> float:
@@ -195,7 +190,9 @@ def cluster_scores(labels: ArrayLike, clusters: ArrayLike, confidence: ArrayLike
 
 
 def level_scores(
-    obs: pd.DataFrame, levels: list[str], clusters: ArrayLike | Sequence[ArrayLike],
+    obs: pd.DataFrame,
+    levels: list[str],
+    clusters: ArrayLike | Sequence[ArrayLike],
     confidences: Sequence[ArrayLike] | None = None,
 ) -> list[dict]:
     """Score clusterings against every level of a label hierarchy.
@@ -222,9 +219,7 @@ def level_scores(
     if missing:
         raise KeyError(f"label columns {missing} not in obs; available: {list(obs.columns)}")
     # a list of arrays is one clustering per level; anything else is one clustering for all
-    per_level = (
-        isinstance(clusters, (list, tuple)) and len(clusters) > 0 and np.ndim(clusters[0]) == 1
-    )
+    per_level = isinstance(clusters, (list, tuple)) and len(clusters) > 0 and np.ndim(clusters[0]) == 1
     clusterings = list(clusters) if per_level else [clusters] * len(levels)
     if len(clusterings) != len(levels):
         raise ValueError(f"got {len(clusterings)} clusterings for {len(levels)} levels")
@@ -235,9 +230,7 @@ def level_scores(
     ]
 
 
-def _leiden_n_clusters(
-    latent: np.ndarray, n_clusters: int, seed: int, max_iter: int
-) -> np.ndarray:
+def _leiden_n_clusters(latent: np.ndarray, n_clusters: int, seed: int, max_iter: int) -> np.ndarray:
     """Leiden on the kNN graph of ``latent``, bisecting the resolution to get ``n_clusters``."""
     adata = ad.AnnData(latent.astype(np.float32))
     sc.pp.neighbors(adata, n_neighbors=min(15, len(latent) - 1), use_rep="X", random_state=seed)
@@ -273,9 +266,7 @@ def _leiden_n_clusters(
     return best
 
 
-def cluster_latent(
-    latent: ArrayLike, n_clusters: int, method: str = "kmeans", seed: int = 0
-) -> np.ndarray:
+def cluster_latent(latent: ArrayLike, n_clusters: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
     """Baseline clustering of a latent space into ``n_clusters`` clusters.
 
     Parameters

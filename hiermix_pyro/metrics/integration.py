@@ -54,8 +54,15 @@ def scib_scores(adata, batch_key: str, label_key: str, embedding_key: str = "X_l
     view = ad.AnnData(obs=adata.obs[[batch_key, label_key]].copy())
     view.obsm[embedding_key] = np.asarray(adata.obsm[embedding_key], dtype=np.float32)
     view.obsm["X_pre"] = pre_integration_pca(adata)
-    bm = Benchmarker(view, batch_key=batch_key, label_key=label_key, embedding_obsm_keys=[embedding_key],
-                     pre_integrated_embedding_obsm_key="X_pre", n_jobs=n_jobs, progress_bar=False)
+    bm = Benchmarker(
+        view,
+        batch_key=batch_key,
+        label_key=label_key,
+        embedding_obsm_keys=[embedding_key],
+        pre_integrated_embedding_obsm_key="X_pre",
+        n_jobs=n_jobs,
+        progress_bar=False,
+    )
     bm.benchmark()
     df = bm.get_results(min_max_scale=False, clean_names=False)
     row = df.loc[embedding_key]
@@ -90,12 +97,20 @@ def scib_table(run_dirs, label_key: str | None = None, n_jobs: int = 1):
             raise ValueError(f"{d} holds other cells than {runs[0]}; score them separately with scib_scores")
         view.obsm[d.name] = np.asarray(other.obsm["X_latent"], dtype=np.float32)
         keys[d.name] = d.name
-    bm = Benchmarker(view, batch_key=batch_key, label_key=label_key, embedding_obsm_keys=list(keys.values()),
-                     pre_integrated_embedding_obsm_key="X_pre", n_jobs=n_jobs, progress_bar=False)
+    bm = Benchmarker(
+        view,
+        batch_key=batch_key,
+        label_key=label_key,
+        embedding_obsm_keys=list(keys.values()),
+        pre_integrated_embedding_obsm_key="X_pre",
+        n_jobs=n_jobs,
+        progress_bar=False,
+    )
     bm.benchmark()
     df = bm.get_results(min_max_scale=False, clean_names=False).drop(index="Metric Type", errors="ignore")
-    df = df.rename(columns={"Batch correction": "batch_correction", "Bio conservation": "bio_conservation",
-                            "Total": "total"}).astype(float)
+    df = df.rename(
+        columns={"Batch correction": "batch_correction", "Bio conservation": "bio_conservation", "Total": "total"}
+    ).astype(float)
     df.index = [next(name for name, key in keys.items() if key == k) for k in df.index]
     return df.rename_axis("run").reset_index()
 

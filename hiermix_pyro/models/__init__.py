@@ -43,4 +43,16 @@ def build_model(name: str, adata, config: ModelConfig = ModelConfig(), seed: int
     return MODELS[name].from_adata(adata, config, seed=seed)
 
 
-__all__ = ["MODELS", "CountModel", "VAE", "MixtureVAE", "IndMoMVAE", "MoMixVAE", "VampPrior", "GMM", "VMM", "build_model", "check_model_name"]
+__all__ = [
+    "MODELS",
+    "CountModel",
+    "VAE",
+    "MixtureVAE",
+    "IndMoMVAE",
+    "MoMixVAE",
+    "VampPrior",
+    "GMM",
+    "VMM",
+    "build_model",
+    "check_model_name",
+]

@@ -37,12 +37,16 @@ class CountModel(nn.Module):
         """
         used = set(COMMON_OPTIONS) | set(cls.options)
         default = ModelConfig()
-        ignored = {f: getattr(config, f) for f in vars(default) if f not in used and getattr(config, f) != getattr(default, f)}
+        ignored = {
+            f: getattr(config, f) for f in vars(default) if f not in used and getattr(config, f) != getattr(default, f)
+        }
         if ignored:
             settings = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
-            raise ValueError(f"model {name or cls.__name__!r} does not use {settings}; leave "
-                             f"{'it' if len(ignored) == 1 else 'them'} at the default. "
-                             f"It uses: {', '.join(sorted(used))}")
+            raise ValueError(
+                f"model {name or cls.__name__!r} does not use {settings}; leave "
+                f"{'it' if len(ignored) == 1 else 'them'} at the default. "
+                f"It uses: {', '.join(sorted(used))}"
+            )
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig()):
         super().__init__()

@@ -180,7 +180,9 @@ class GMM(CountModel):
 
     options = ("n_components", "em_update", "em_lr", "em_after_warmup")
 
-    def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = DEFAULT_K):
+    def __init__(
+        self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = DEFAULT_K
+    ):
         super().__init__(n_genes, n_batches, config)
         self.level_sizes = (n_components,)
         self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, config.latent_dim)  # q(z | x, s)
@@ -200,8 +202,9 @@ class GMM(CountModel):
     def pz(self, batch_shape=()) -> GaussianMixture:
         """p(z) = sum_k pi_k N(z | mu_k, Lambda_k^{-1}), held fixed (detached) during the SVI step."""
         p = self.prior
-        return GaussianMixture(p.logits.detach(), p.mu.detach(), prec_tril=p.prec_tril().detach(),
-                               batch_shape=batch_shape)
+        return GaussianMixture(
+            p.logits.detach(), p.mu.detach(), prec_tril=p.prec_tril().detach(), batch_shape=batch_shape
+        )
 
     def model(self, x, s=None, n_obs=None, beta=1.0):
         pyro.module("gmm", self)
@@ -270,13 +273,16 @@ class GMM(CountModel):
         if self.stats is None:  # start from statistics the current prior would give (B/K cells each),
             n = new["N"].sum() * p.log_pi().exp()  # so that no component is switched off at once
             cov = torch.cholesky_inverse(p.prec_tril())
-            self.stats = dict(N=n, S1=n[:, None] * p.mu,
-                              S2=n[:, None, None] * (cov + p.mu.unsqueeze(-1) * p.mu.unsqueeze(-2)))
+            self.stats = dict(
+                N=n, S1=n[:, None] * p.mu, S2=n[:, None, None] * (cov + p.mu.unsqueeze(-1) * p.mu.unsqueeze(-2))
+            )
         self.stats = {k: (1 - rho) * v + rho * new[k] for k, v in self.stats.items()}
         try:
             log_pi, mu, L = closed_form_m_step(self.stats, float(p.log_alpha.exp()), p.prec_tril())
         except torch.linalg.LinAlgError as err:
-            raise FloatingPointError(f"prior update: the closed-form 'prec_tril' is not positive definite ({err})") from err
+            raise FloatingPointError(
+                f"prior update: the closed-form 'prec_tril' is not positive definite ({err})"
+            ) from err
         check_finite({"logits": log_pi, "mu": mu, "prec_tril": L}, "the closed-form update")
         p.logits.copy_(log_pi)
         p.mu.copy_(mu)
@@ -298,6 +304,14 @@ class GMM(CountModel):
 
 
 __all__ = [
-    "GMM", "MixturePriorParams", "alpha_map", "check_finite", "closed_form_m_step", "e_step", "gradient_m_step",
-    "log_hyperprior", "map_objective", "sufficient_statistics",
+    "GMM",
+    "MixturePriorParams",
+    "alpha_map",
+    "check_finite",
+    "closed_form_m_step",
+    "e_step",
+    "gradient_m_step",
+    "log_hyperprior",
+    "map_objective",
+    "sufficient_statistics",
 ]

@@ -53,8 +53,13 @@ class IndMoMVAE(CountModel):
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for k and the y's
     options = ("level_sizes", "prior", "init", "init_epochs", "usage_lambda")  # one guide: q(z | x)
 
-    def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(),
-                 level_sizes: tuple[int, ...] = (2, 4, 5, 9)):
+    def __init__(
+        self,
+        n_genes: int,
+        n_batches: int = 0,
+        config: ModelConfig = ModelConfig(),
+        level_sizes: tuple[int, ...] = (2, 4, 5, 9),
+    ):
         super().__init__(n_genes, n_batches, config)
         if config.prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {config.prior!r}")
@@ -136,7 +141,7 @@ class IndMoMVAE(CountModel):
         out = []
         for l, logits in enumerate(self.prior_logits):
             start = int(self.first[l])
-            out.append(F.softmax(F.log_softmax(logits, -1) + log_pz[..., start:start + logits.shape[0]], -1))
+            out.append(F.softmax(F.log_softmax(logits, -1) + log_pz[..., start : start + logits.shape[0]], -1))
         return out
 
     def q_z(self, x, s=None):

@@ -78,12 +78,18 @@ class MoMixVAE(CountModel):
     pyro_name = "momix"
     options = ("level_sizes", "prior", "guide", "init", "init_epochs", "usage_lambda")
 
-    def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(),
-                 level_sizes: tuple[int, ...] = (2, 4, 5, 9)):
+    def __init__(
+        self,
+        n_genes: int,
+        n_batches: int = 0,
+        config: ModelConfig = ModelConfig(),
+        level_sizes: tuple[int, ...] = (2, 4, 5, 9),
+    ):
         super().__init__(n_genes, n_batches, config)
         if config.guide not in GUIDES or config.prior not in PRIORS:
-            raise ValueError(f"guide must be one of {GUIDES} and prior one of {PRIORS}, "
-                             f"got {config.guide!r}, {config.prior!r}")
+            raise ValueError(
+                f"guide must be one of {GUIDES} and prior one of {PRIORS}, got {config.guide!r}, {config.prior!r}"
+            )
         self.level_sizes = tuple(int(k) for k in level_sizes)
         Ks, D, L = self.level_sizes, config.latent_dim, len(level_sizes)
         # p(yl | y<l): logits per prefix, [K1, ..., K(l-1), Kl]; uniform at initialisation
@@ -149,8 +155,9 @@ class MoMixVAE(CountModel):
             with poutine.scale(scale=beta):
                 ys = []
                 for l, logits in enumerate(self.prior_logits):
-                    ys.append(pyro.sample(f"y{l + 1}", dist.Categorical(logits=take_enumerated(logits, ys)),
-                                          infer=enum))  # [Kl, 1, ..., 1] when enumerated
+                    ys.append(
+                        pyro.sample(f"y{l + 1}", dist.Categorical(logits=take_enumerated(logits, ys)), infer=enum)
+                    )  # [Kl, 1, ..., 1] when enumerated
                 # p(z | y1..yL): the component of the whole path (log_prob: [KL, ..., K1, B])
                 z = pyro.sample("z", ComponentDensity(tuple(ys), loc, scale, df, x.shape[0], self.level_sizes))
             pyro.sample("x", self.px(z, x, s), obs=x)  # [K?, B, G]
@@ -193,8 +200,13 @@ class MoMixVAE(CountModel):
                     return
                 ys = []
                 for l, logits in enumerate(self.q_y_logits(h)):  # [B, K1..Kl]
-                    ys.append(pyro.sample(f"y{l + 1}", dist.Categorical(logits=Vindex(logits)[(..., *ys, slice(None))] if ys else logits),
-                                          infer={"enumerate": "parallel"}))  # [Kl, 1, ..., 1]
+                    ys.append(
+                        pyro.sample(
+                            f"y{l + 1}",
+                            dist.Categorical(logits=Vindex(logits)[(..., *ys, slice(None))] if ys else logits),
+                            infer={"enumerate": "parallel"},
+                        )
+                    )  # [Kl, 1, ..., 1]
                 onehots = [F.one_hot(y, K).to(h) for y, K in zip(ys, self.level_sizes)]  # [Kl, 1.., Kl]
                 loc, scale = self.encoder.head(cat_broadcast(h, *onehots))  # [KL, ..., K1, B, D]
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
@@ -246,12 +258,15 @@ class MoMixVAE(CountModel):
             return dist.Normal(*self.encoder.head(h)).to_event(1)
         onehot = torch.cat([F.one_hot(ys, K) for ys, K in zip(self._all_paths(), self.level_sizes)], -1)  # [P, sum K]
         loc, scale = self.encoder.head(cat_broadcast(h.unsqueeze(-2), onehot.to(h)))  # [B, P, D]
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.log_q_paths(h).reshape(h.shape[0], -1)),
-                                      dist.Normal(loc, scale).to_event(1))
+        return dist.MixtureSameFamily(
+            dist.Categorical(logits=self.log_q_paths(h).reshape(h.shape[0], -1)), dist.Normal(loc, scale).to_event(1)
+        )
 
     def _all_paths(self):
         """(y1, ..., yL) of every path in row-major order: L tensors of shape ``[P]``."""
-        grids = torch.meshgrid(*[torch.arange(k, device=self.log_sigma.device) for k in self.level_sizes], indexing="ij")
+        grids = torch.meshgrid(
+            *[torch.arange(k, device=self.log_sigma.device) for k in self.level_sizes], indexing="ij"
+        )
         return [g.reshape(-1) for g in grids]
 
     def log_p_z(self, z):

@@ -34,8 +34,10 @@ def pseudo_input_init(adata, K: int, seed: int = 0):
 
     train = adata[(adata.obs["split"] == "train").to_numpy()] if "split" in adata.obs else adata
     if K > train.n_obs:
-        raise ValueError(f"n_components={K} pseudo-inputs need as many distinct training cells; "
-                         f"there are {train.n_obs}: lower n_components")
+        raise ValueError(
+            f"n_components={K} pseudo-inputs need as many distinct training cells; "
+            f"there are {train.n_obs}: lower n_components"
+        )
     idx = np.sort(np.random.default_rng(seed).choice(train.n_obs, size=K, replace=False))
     return CountTensors.from_adata(train[idx])[:]
 
@@ -79,7 +81,9 @@ class VampPrior(CountModel):
 
     options = ("n_components",)
 
-    def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = DEFAULT_K):
+    def __init__(
+        self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = DEFAULT_K
+    ):
         super().__init__(n_genes, n_batches, config)
         self.level_sizes = (n_components,)
         self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, config.latent_dim)  # q(z | x, s) and p(z)

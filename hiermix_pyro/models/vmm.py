@@ -48,7 +48,9 @@ class VMM(CountModel):
 
     options = ("n_components", "em_lr", "em_after_warmup")
 
-    def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = DEFAULT_K):
+    def __init__(
+        self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = DEFAULT_K
+    ):
         super().__init__(n_genes, n_batches, config)
         self.level_sizes = (n_components,)
         self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, config.latent_dim)  # q(z | x, s), q(mu | u)
