@@ -14,7 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from hiermix_pyro import plotting  # noqa: E402
+from hiermix_pyro import plotting
 
 
 def main(argv=None):

@@ -26,9 +26,9 @@ from pathlib import Path
 import pandas as pd
 import pyro
 import torch
-from threadpoolctl import threadpool_limits
 from pyro.infer import SVI, TraceEnum_ELBO
 from pyro.optim import ClippedAdam
+from threadpoolctl import threadpool_limits
 
 from hiermix_pyro.config import DataConfig, ModelConfig
 from hiermix_pyro.models import build_model

@@ -49,7 +49,7 @@ class CountTensors:
     s: torch.Tensor | None = None
 
     @classmethod
-    def from_adata(cls, adata, device="cpu", split: str | None = None) -> "CountTensors":
+    def from_adata(cls, adata, device="cpu", split: str | None = None) -> CountTensors:
         """Dense float32 tensors from an AnnData prepared by :func:`hiermix_pyro.data.prepare`.
 
         ``split`` keeps the cells with ``obs['split'] == split`` (None: all cells).
@@ -283,7 +283,8 @@ def fit(model, adata, config: TrainConfig = TrainConfig(), *, data_config=None, 
         interrupted = True
         warnings.warn(
             f"training interrupted after epoch {state['epoch']}; keeping the best weights so far"
-            + (f" (checkpoint: {ckpt})" if ckpt else "")
+            + (f" (checkpoint: {ckpt})" if ckpt else ""),
+            stacklevel=2,
         )
     finally:
         bar.close()

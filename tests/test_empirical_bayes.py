@@ -191,7 +191,7 @@ def test_sites_loss_and_one_step(name, batches, sim_adata, sim_batch_adata):
     assert (s is not None) == batches
     guide_trace = poutine.trace(model.guide).get_trace(x, s)
     model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x, s)
-    sites = lambda tr: {k for k, v in tr.nodes.items() if v["type"] == "sample"}  # noqa: E731
+    sites = lambda tr: {k for k, v in tr.nodes.items() if v["type"] == "sample"}
     assert sites(guide_trace) == {"cells", "z"} and sites(model_trace) == {"cells", "z", "x"}
     assert model_trace.nodes["z"]["fn"].batch_shape == (x.shape[0],)
     svi = SVI(model.model, model.guide, ClippedAdam({"lr": 1e-2}), make_elbo(model))

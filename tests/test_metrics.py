@@ -6,16 +6,16 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import anndata as ad  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import adjusted_rand_score  # noqa: E402
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from sklearn.metrics import adjusted_rand_score
 
-from hiermix_pyro import plotting  # noqa: E402
-from hiermix_pyro.metrics.clustering import (  # noqa: E402
+from hiermix_pyro import plotting
+from hiermix_pyro.metrics.clustering import (
     cluster_latent,
     cluster_scores,
     hungarian_match,

@@ -40,7 +40,7 @@ def test_notebook_pairs_are_in_sync(source):
     assert paired.exists(), f"run: jupytext --to ipynb {source.relative_to(ROOT)}"
     expected = jupytext.read(source)
     actual = nbformat.read(paired, as_version=4)
-    cells = lambda nb: [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]  # noqa: E731
+    cells = lambda nb: [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
     assert cells(actual) == cells(expected), f"out of sync: run `make sync` ({source.name})"
     assert not any(c.get("outputs") for c in actual.cells), "commit notebooks without outputs"
 

@@ -6,10 +6,10 @@ checked against what the repository actually provides (.ci/run, the Makefile's t
 
 import importlib.metadata
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 import hiermix_pyro

@@ -21,7 +21,7 @@ from hiermix_pyro.models import MODELS, build_model
 from hiermix_pyro.models.gmm import map_objective
 from hiermix_pyro.models.vampprior import pseudo_input_init
 from hiermix_pyro.priors import ComponentDensity
-from hiermix_pyro.train import CountTensors, fit, seed_everything
+from hiermix_pyro.train import CountTensors, seed_everything
 
 SMALL = dict(latent_dim=3, hidden_dims=(16,))
 
@@ -34,7 +34,7 @@ def test_vmm_vi_step_gradient_reaches_the_encoder_through_the_prior(sim_adata):
     model = build_model("vmm", sim_adata, ModelConfig(**SMALL, n_components=8))
     z = torch.randn(16, 3)
     log_p = model.pz().log_prob(z).sum()  # the prior term of the ELBO, at fixed z
-    encoder = [p for p in model.encoder.parameters()]
+    encoder = list(model.encoder.parameters())
     grads = torch.autograd.grad(log_p, encoder, allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads), "no encoder gradient through q(mu; u)"
     frozen = [*model.prior.parameters(), *model.u.parameters()]
@@ -119,7 +119,7 @@ def test_run_seed_reaches_the_initialisation(init, sim_adata):
     config = ModelConfig(**SMALL, init=init, level_sizes=(3, 7), **({"init_epochs": 2} if init == "vae_kmeans" else {}))
     a, b, a2 = (build_model("momix", sim_adata, config, seed=seed) for seed in (1, 2, 1))
     torch.testing.assert_close(_components(a), _components(a2))  # reproducible
-    rows = lambda t: sorted(map(tuple, t.round(decimals=4).tolist()))  # noqa: E731 (as sets: order-free)
+    rows = lambda t: sorted(map(tuple, t.round(decimals=4).tolist()))
     assert rows(_components(a)) != rows(_components(b))
 
 
@@ -222,7 +222,7 @@ def test_resuming_another_configuration_fails_naming_the_keys(tmp_path):
 
 
 def test_default_output_folder_tells_configurations_apart():
-    folder = lambda m, t: workflow.default_output_dir("momix", DataConfig(), m, t)  # noqa: E731
+    folder = lambda m, t: workflow.default_output_dir("momix", DataConfig(), m, t)
     normal = folder(ModelConfig(), TrainConfig())
     assert normal != folder(ModelConfig(prior="studentt"), TrainConfig(lr=0.01))
     assert normal != folder(ModelConfig(), TrainConfig(seed=1))

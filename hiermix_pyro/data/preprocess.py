@@ -125,7 +125,8 @@ def _select_hvg(adata: ad.AnnData, n_hvg: int, batch_key: str | None) -> ad.AnnD
                 raise
             warnings.warn(
                 f"seurat_v3's loess fit was singular with span {span} on {adata.n_obs} cells; "
-                "retrying with a wider span"
+                "retrying with a wider span",
+                stacklevel=2,
             )
             adata = adata[:, np.asarray((adata.X > 0).sum(0)).ravel() > 0].copy()
     raise ValueError(

@@ -79,7 +79,6 @@ def scib_table(run_dirs, label_key: str | None = None, n_jobs: int = 1):
     from pathlib import Path
 
     import anndata as ad
-    import pandas as pd
 
     Benchmarker = _require_scib()
     runs = [Path(d) for d in run_dirs if (Path(d) / "adata.h5ad").exists()]

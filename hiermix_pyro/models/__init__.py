@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from ..config import ModelConfig
 from .base import CountModel
+from .gmm import GMM
 from .indmom import IndMoMVAE
 from .mixture import MixtureVAE
 from .momix import MoMixVAE
 from .vae import VAE
 from .vampprior import VampPrior
-from .gmm import GMM
 from .vmm import VMM
 
 MODELS: dict[str, type[CountModel]] = {

@@ -18,7 +18,6 @@ from ..config import ModelConfig
 from ..likelihoods import EvaluatedCounts, count_distribution, library_size
 from ..nn import Decoder
 
-
 COMMON_OPTIONS = ("latent_dim", "hidden_dims", "likelihood")  # the ModelConfig fields every model uses
 
 
@@ -60,7 +59,7 @@ class CountModel(nn.Module):
         self._compiled_log_px = None  # set by compile_likelihood()
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "CountModel":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> CountModel:
         """Build the model with sizes read from an AnnData prepared by ``hiermix_pyro.data``;
         ``seed`` drives any data-dependent initialisation (models that have one override this)."""
         return cls(adata.n_vars, n_batches(adata), config)

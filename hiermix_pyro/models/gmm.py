@@ -192,7 +192,7 @@ class GMM(CountModel):
         self.stats = None  # running sufficient statistics (closed-form M-step)
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "GMM":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> GMM:
         return cls(adata.n_vars, n_batches(adata), config, n_components=config.n_components or DEFAULT_K)
 
     @property

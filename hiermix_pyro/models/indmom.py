@@ -74,7 +74,7 @@ class IndMoMVAE(CountModel):
         self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, D)  # q(z | x)
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "IndMoMVAE":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> IndMoMVAE:
         """Level sizes: ``config.level_sizes``, else the number of classes per label level;
         components initialised by ``config.init`` with ``seed``."""
         from ..initialise import initialise

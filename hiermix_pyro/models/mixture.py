@@ -41,7 +41,7 @@ class MixtureVAE(MoMixVAE):
         super().__init__(n_genes, n_batches, config, level_sizes=(n_components,))
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "MixtureVAE":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> MixtureVAE:
         """K = ``config.n_components``, else the number of classes at the finest label level;
         components initialised by ``config.init`` with ``seed``."""
         from ..initialise import initialise

@@ -107,7 +107,7 @@ class MoMixVAE(CountModel):
             self.q_y_prefix = nn.ParameterList([nn.Parameter(torch.zeros(Ks[: l + 1])) for l in range(1, L)])
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "MoMixVAE":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> MoMixVAE:
         """Level sizes: ``config.level_sizes``, else the number of classes per label level;
         components initialised by ``config.init`` with ``seed`` (see :mod:`hiermix_pyro.initialise`)."""
         from ..initialise import initialise
@@ -124,7 +124,7 @@ class MoMixVAE(CountModel):
     def log_prior_paths(self) -> torch.Tensor:
         """log p(y1..yL) for every path: ``[K1, ..., KL]``."""
         out = self.log_sigma.new_zeros(())
-        for l, logits in enumerate(self.prior_logits):
+        for logits in self.prior_logits:
             out = out.unsqueeze(-1) + F.log_softmax(logits, -1)  # [K1..Kl]
         return out
 

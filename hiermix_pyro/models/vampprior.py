@@ -90,7 +90,7 @@ class VampPrior(CountModel):
         self.u = PseudoInputs(n_components, n_genes, n_batches)
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "VampPrior":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> VampPrior:
         model = cls(adata.n_vars, n_batches(adata), config, n_components=config.n_components or DEFAULT_K)
         model.u.init_from_cells(*pseudo_input_init(adata, model.K, seed))
         return model

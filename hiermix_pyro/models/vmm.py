@@ -61,7 +61,7 @@ class VMM(CountModel):
         self.stats = None  # (gmm's closed-form statistics; unused here, kept for the shared EM state)
 
     @classmethod
-    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> "VMM":
+    def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> VMM:
         model = cls(adata.n_vars, n_batches(adata), config, n_components=config.n_components or DEFAULT_K)
         model.u.init_from_cells(*pseudo_input_init(adata, model.K, seed))
         return model
