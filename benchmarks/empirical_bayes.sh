@@ -31,14 +31,19 @@ tech() {  # three 10x chemistries, batch one-hot in encoder and decoder; scIB sc
   nice -n 5 $PY -m hiermix_pyro.metrics.integration $OUT/3tech/*-seed* --csv benchmarks/results/eb_3tech_scib.csv
 }
 
-sweep() {  # batch size x EM learning rate -> utilised clusters and NMI: vmm on pbmc_sorted (10 populations),
-  # seed 0, the paper's protocol (patience 100, at most 10,000 epochs); one row per setting in eb_sweep.csv
+sweep() {  # batch size x EM learning rate -> utilised clusters and NMI: vmm, seed 0, the paper's protocol
+  # (patience 100, at most 10,000 epochs) on the 10 sorted populations and on pbmc_3tech; one row per
+  # setting and level in eb_sweep_<dataset>.csv
   local variants=()
-  for bs in ${BATCH_SIZES:-64 128 256 512}; do
-    for lr in ${EM_LRS:-0.0001 0.001 0.01}; do variants+=("vmm:em_lr=$lr,batch_size=$bs"); done
+  for bs in ${BATCH_SIZES:-64 128 256}; do
+    for lr in ${EM_LRS:-0.001 0.01 0.1}; do variants+=("vmm:em_lr=$lr,batch_size=$bs"); done
   done
-  bench --dataset pbmc_sorted --seeds 0 --set epochs=10000 patience=100 --out runs/bench_eb/sweep \
-    --csv benchmarks/results/eb_sweep.csv --models "${variants[@]}"
+  for data in ${DATASETS:-sorted 3tech}; do
+    local args=(--dataset pbmc_sorted)
+    [ "$data" = sorted ] || args=(--dataset pbmc_3tech --batch-key batch)
+    bench "${args[@]}" --seeds 0 --set epochs=10000 patience=100 --out runs/bench_eb/sweep/$data \
+      --csv benchmarks/results/eb_sweep_$data.csv --models "${variants[@]}"
+  done
 }
 
 paper() {  # the VMM paper's protocol: early stopping on the validation ELBO with patience 100, at most
