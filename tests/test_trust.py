@@ -8,6 +8,7 @@ checkpoints resumed under another configuration, and results written non-atomica
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -273,3 +274,41 @@ def test_seed_everything_is_reproducible_for_numpy_too():
     a = np.random.rand(), torch.rand(1)
     seed_everything(5)
     assert (np.random.rand(), torch.rand(1)) == a
+
+
+def test_papermill_rerun_with_other_settings_does_not_reuse_the_first_run(tmp_path, monkeypatch):
+    """`papermill train.ipynb -p model momix`, then the same with `-p prior studentt -p lr 0.01`: the
+    second run must train its own model in its own folder, not resume the first one's checkpoint."""
+    import papermill
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "train.ipynb"
+    monkeypatch.setenv("SMOKE_TEST", "0")  # smoke runs never checkpoint: the scenario needs real runs
+    tiny = dict(
+        model="momix",
+        dataset="simulated",
+        subsample=240,
+        n_hvg=None,
+        epochs=1,
+        latent_dim=3,
+        hidden_dims=[16],
+        init="random",
+        batch_size=64,
+        n_iwae_samples=2,
+    )
+    for i, extra in enumerate([{}, dict(prior="studentt", lr=0.01)]):
+        papermill.execute_notebook(
+            str(notebook),
+            str(tmp_path / f"out{i}.ipynb"),
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(tmp_path),
+            parameters={**tiny, **extra},
+        )
+    runs = sorted((tmp_path / "runs").glob("momix-simulated-seed0-*"))
+    assert len(runs) == 2
+    configs = [json.loads((run / "metrics.json").read_text())["config"] for run in runs]
+    assert sorted(c["model"]["prior"] for c in configs) == ["normal", "studentt"]
+    for run in runs:  # each folder's weights were trained under its own configuration
+        saved = torch.load(run / "checkpoint.pt", weights_only=False)["run_config"]
+        metrics = json.loads((run / "metrics.json").read_text())["config"]
+        assert saved["model.prior"] == metrics["model"]["prior"] and saved["train.lr"] == metrics["train"]["lr"]
