@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Superseded by the benchmark workflow: benchmarks/studies/headline.yaml (make bench STUDY=headline), under the
+# convergence protocol. Kept only because committed tables that the book's benchmark page reads come from it;
+# remove it when they read the study's results instead.
 # The commands behind benchmarks/results/foundation_sorted10.csv (issue 2): the scVI-style `vae`
 # (k-means (k) on its latent space) and scVAE's `mixture` (K = 10) on all 10 sorted populations,
 # 500 HVGs, scVI's baseline architecture (latent 10, one hidden layer of 128), batch 128,

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Superseded by the benchmark workflow: benchmarks/studies/hierarchy.yaml (make bench STUDY=hierarchy), under the
+# convergence protocol. Kept only because committed tables that the book's benchmark page reads come from it;
+# remove it when they read the study's results instead.
 # The exact commands behind benchmarks/results/hierarchical_*.csv (issue 3).
 # pbmc_sorted, 500 HVGs, 9 populations (CD14+ monocytes dropped), levels 2/4/5/9, latent 20,
 # MLP 2 x 100, batch 128, KL warm-up 5 epochs, early stopping patience 20, at most EPOCHS epochs

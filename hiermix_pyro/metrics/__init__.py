@@ -1,4 +1,5 @@
-"""Metrics: clustering scores per hierarchy level, and held-out likelihood (IWAE, ELBO)."""
+"""Metrics: clustering scores per hierarchy level, scores of the whole hierarchy (hierarchical F1,
+dendrogram purity), and held-out likelihood (IWAE, ELBO)."""
 
 from .clustering import (
     cluster_latent,
@@ -10,6 +11,14 @@ from .clustering import (
     nesting_score,
     top_member_accuracy,
     utilized_clusters,
+)
+from .hierarchy import (
+    adata_hierarchy_scores,
+    cluster_tree,
+    dendrogram_purity,
+    hierarchical_f1,
+    hierarchy_scores,
+    ward_tree,
 )
 from .likelihood import elbo, iwae
 
@@ -23,6 +32,12 @@ __all__ = [
     "nesting_score",
     "top_member_accuracy",
     "utilized_clusters",
+    "adata_hierarchy_scores",
+    "cluster_tree",
+    "dendrogram_purity",
+    "hierarchical_f1",
+    "hierarchy_scores",
+    "ward_tree",
     "elbo",
     "iwae",
 ]

@@ -1,0 +1,195 @@
+"""Benchmark studies (hiermix_pyro.study): reading and checking a study file, the parameters of
+each run, the tidy table of finished runs and its summary (CI, Mann-Whitney, epoch ceiling);
+the peers' metrics.json schema (benchmarks/peers.py)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from hiermix_pyro.study import collect, load_study, markdown_table, summarise, t_interval, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_study(tmp_path, text: str) -> Path:
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    return path
+
+
+STUDY = """
+seeds: [0, 1, 2]
+defaults: {n_hvg: 50, init_epochs: 1}
+protocol: {epochs: 7, patience: 3}
+datasets:
+  sim: {dataset: simulated}
+variants:
+  vae: {}
+  momix_t: {model: momix, prior: studentt}
+peers: [pca_kmeans, pca_leiden]
+"""
+
+
+def test_parameters_merge_defaults_protocol_dataset_variant(tmp_path):
+    study = load_study(write_study(tmp_path, STUDY))
+    assert study.name == "mine" and study.methods == ["vae", "momix_t", "pca_kmeans", "pca_leiden"]
+    vae = study.parameters("sim", "vae", 2)
+    # init_epochs is a model setting vae does not use: a grid-wide default reaches only momix
+    assert "init_epochs" not in vae and vae["model"] == "vae" and vae["epochs"] == 7 and vae["patience"] == 3
+    assert vae["output_dir"] == "runs/mine/sim/vae/seed2" and vae["seed"] == 2
+    momix = study.parameters("sim", "momix_t", 0, device="cuda")
+    assert momix["init_epochs"] == 1 and momix["prior"] == "studentt" and momix["device"] == "cuda"
+    peer = study.peer_arguments("sim", 1)
+    assert peer["data"]["n_hvg"] == 50 and peer["data"]["seed"] == 1 and peer["train"] == {"epochs": 7, "patience": 3}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"defaults": {"n_hvgs": 50}}, "unknown parameters"),
+        ({"peers": ["seurat"]}, "unknown peers"),
+        ({"variants": {"vae": {"prior": "studentt"}}}, "does not use"),  # a variant's own setting is never dropped
+        ({"variants": {"x": {"model": "nosuch"}}}, "unknown model"),
+        ({"variants": {"pca_kmeans": {"model": "vae"}}}, "variant and a peer"),
+        ({"peer_settings": {"n_pc": 5}}, "unknown peer_settings"),
+        ({"colour": "blue"}, "unknown keys"),
+    ],
+)
+def test_study_errors_name_the_problem(tmp_path, change, message):
+    spec = {**yaml.safe_load(STUDY), **change}
+    with pytest.raises(ValueError, match=message):
+        load_study(write_study(tmp_path, yaml.safe_dump(spec)))
+
+
+def test_select_a_part_of_the_grid(tmp_path):
+    path = write_study(tmp_path, STUDY)
+    part = load_study(path, {"seeds": "0-1", "methods": "vae,pca_leiden", "study": "ignored"})
+    assert part.runs() == [("sim", "vae", 0), ("sim", "vae", 1), ("sim", "pca_leiden", 0), ("sim", "pca_leiden", 1)]
+    assert load_study(path, {"seeds": [2]}).seeds == [2]
+    with pytest.raises(ValueError, match="no datasets"):
+        load_study(path, {"datasets": "pbmc"})
+    with pytest.raises(FileNotFoundError, match="smoke"):
+        load_study("no_such_study")
+
+
+def test_committed_studies_load():
+    for path in (ROOT / "benchmarks" / "studies").glob("*.yaml"):
+        study = load_study(path.stem)
+        assert study.runs() and study.description
+        if study.name != "smoke":  # the full studies use the convergence protocol
+            assert study.protocol == {**study.protocol, "epochs": 10000, "patience": 100}
+
+
+# ---- collect and summarise ----
+def fake_run(root: Path, study, dataset, method, seed, ari, epochs=5, ceiling=10, peer=False):
+    out = Path(study.run_dir(dataset, method, seed, root=str(root)))
+    out.mkdir(parents=True)
+    levels = [
+        dict(level="L1", n_classes=2, ari=ari, nmi=0.5, weighted_f1=0.6, purity=0.7, utilized_clusters=2),
+        dict(level="L2", n_classes=4, ari=ari / 2, nmi=0.4, weighted_f1=0.5, purity=0.6, utilized_clusters=4),
+    ]
+    metrics = dict(
+        model=method,
+        dataset="simulated",
+        seed=seed,
+        levels=levels,
+        hierarchy=dict(h_precision=0.8, h_recall=0.9, h_f1=0.85, dendrogram_purity=0.7, tree="ward"),
+        **(
+            {}
+            if peer
+            else dict(epochs=epochs, best_epoch=epochs - 1, iwae=-100.0, config={"train": {"epochs": ceiling}})
+        ),
+        oracle_k=method == "pca_leiden",
+    )
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    (out / "run.json").write_text(json.dumps(dict(commit="abc123")))
+
+
+@pytest.fixture
+def finished(tmp_path):
+    study = load_study(write_study(tmp_path, STUDY))
+    root = tmp_path / "runs"
+    for seed in range(3):
+        fake_run(root, study, "sim", "vae", seed, ari=0.6 + seed / 10, epochs=10 if seed == 0 else 5)
+        fake_run(root, study, "sim", "pca_kmeans", seed, ari=0.2 + seed / 10, peer=True)
+        fake_run(root, study, "sim", "pca_leiden", seed, ari=0.3 + seed / 10, peer=True)
+    fake_run(root, study, "sim", "momix_t", 0, ari=0.9)  # an unfinished grid: one seed so far
+    return study, root
+
+
+def test_collect_one_row_per_run_and_level(finished):
+    study, root = finished
+    df = collect(study, runs_root=str(root))
+    assert len(df) == (3 * 3 + 1) * 2
+    assert set(df["study"]) == {str(study.path)} and set(df["commit"]) == {"abc123"}
+    vae = df[df["method"].eq("vae")].drop_duplicates("seed").set_index("seed")
+    assert vae["hit_ceiling"].tolist() == [True, False, False]  # seed 0 ran all 10 epochs
+    peers = df[df["kind"].eq("peer")]
+    assert set(peers["method"]) == {"pca_kmeans", "pca_leiden"} and not peers["hit_ceiling"].any()
+    assert (
+        df.loc[df["method"].eq("pca_leiden"), "oracle_k"].all() and not df.loc[df["method"].eq("vae"), "oracle_k"].any()
+    )
+    assert set(df.loc[df["method"].eq("pca_leiden"), "label"]) == {"scanpy PCA + Leiden (oracle k)"}
+
+
+def test_summary_ci_and_mann_whitney_against_the_best_peer(finished):
+    study, root = finished
+    summary = summarise(collect(study, runs_root=str(root)))
+    row = summary.query("method == 'vae' and level == 'L1' and metric == 'ari'").iloc[0]
+    values = [0.6, 0.7, 0.8]
+    half = stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / np.sqrt(3)
+    assert row["n"] == 3 and row["mean"] == pytest.approx(0.7) and row["sd"] == pytest.approx(0.1)
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((0.7 - half, 0.7 + half))
+    # the best peer at L1 is Leiden (mean 0.4 > 0.3); vae's 3 values all above its 3: p = 1 / C(6, 3)
+    assert row["best_peer"] == "pca_leiden" and row["best_peer_mean"] == pytest.approx(0.4)
+    assert row["mannwhitney_p"] == pytest.approx(1 / 20)
+    assert row["n_hit_ceiling"] == 1
+    one = summary.query("method == 'momix_t' and level == 'L1' and metric == 'ari'").iloc[0]
+    assert one["n"] == 1 and np.isnan(one["ci95_low"])  # one seed: no interval
+    run_wide = summary.query("method == 'vae' and metric == 'h_f1'")
+    assert run_wide["level"].tolist() == ["all"] and run_wide["n"].tolist() == [3]
+    assert summary.query("kind == 'peer'")["mannwhitney_p"].isna().all()
+    assert summary.query("metric == 'iwae'")["mannwhitney_p"].isna().all()  # peers have no IWAE
+
+
+def test_write_results_tables(finished, tmp_path):
+    study, root = finished
+    paths = write_results(study, tmp_path / "results", runs_root=str(root))
+    runs, summary = pd.read_csv(paths["runs"]), pd.read_csv(paths["summary"])
+    assert len(runs) == 20 and set(summary["study"]) == {str(study.path)} and set(summary["commit"]) == {"abc123"}
+    text = paths["markdown"].read_text()
+    assert "scanpy PCA + Leiden (oracle k)" in text and "p=0.05 " in text  # not below 0.05: no star
+    assert "vae: 1 run(s) stopped at the epoch ceiling" in text
+
+
+def test_t_interval_needs_two_values():
+    assert np.isnan(t_interval([1.0])[0])
+    assert t_interval([1.0, 1.0]) == (1.0, 1.0)
+    assert markdown_table(pd.DataFrame()) == "no finished runs\n"
+
+
+# ---- the peers write the training notebook's schema ----
+def load_peers():
+    spec = importlib.util.spec_from_file_location("peers", ROOT / "benchmarks" / "peers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peer_metrics_schema(tmp_path):
+    peers = load_peers()
+    spec = {"data": {"dataset": "pbmc68k", "n_hvg": 60, "subsample": 150}, "peer": {"n_pcs": 10}}
+    (path,) = peers.run_peers(["pca_kmeans"], spec, seed=0, runs_dir=tmp_path)
+    m = json.loads(path.read_text())
+    assert path == tmp_path / "pca_kmeans" / "seed0" / "metrics.json"
+    assert m["oracle_k"] is False and m["n_cells"] == 150 and m["config"]["data"]["n_hvg"] == 60
+    assert m["hierarchy"]["tree"] == "ward" and 0 <= m["hierarchy"]["h_f1"] <= 1
+    level_keys = {"level", "n_classes", "ari", "nmi", "weighted_f1", "purity", "accuracy", "utilized_clusters"}
+    assert all(level_keys | {"model_level", "nesting", "nesting_labels"} <= set(entry) for entry in m["levels"])
+    assert [entry["n_classes"] for entry in m["levels"]] == [entry["utilized_clusters"] for entry in m["levels"]]
