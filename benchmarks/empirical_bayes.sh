@@ -35,8 +35,8 @@ sweep() {  # batch size x EM learning rate -> utilised clusters and NMI: vmm, se
   # (patience 100, at most 10,000 epochs) on the 10 sorted populations and on pbmc_3tech; one row per
   # setting and level in eb_sweep_<dataset>.csv
   local variants=()
-  for bs in ${BATCH_SIZES:-64 128 256}; do
-    for lr in ${EM_LRS:-0.001 0.01 0.1}; do variants+=("vmm:em_lr=$lr,batch_size=$bs"); done
+  for bs in ${BATCH_SIZES:-128 64 256}; do
+    for lr in ${EM_LRS:-0.001 0.003 0.01 0.03 0.1}; do variants+=("vmm:em_lr=$lr,batch_size=$bs"); done
   done
   for data in ${DATASETS:-sorted 3tech}; do
     local args=(--dataset pbmc_sorted)

@@ -17,7 +17,7 @@ import argparse
 import ast
 import json
 import re
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 
 from .config import DataConfig, ModelConfig, TrainConfig, from_dict
-from .workflow import run
+from .train import RESUMABLE_CHANGES
+from .workflow import config_hash, run
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -86,19 +87,39 @@ def run_grid(
         model_options, train_options = split_settings(options, f"variant {spec!r}")
         for seed in seeds:
             run_dir = out_dir / f"{variant_label(spec)}-seed{seed}"
-            if (run_dir / "metrics.json").exists():
-                continue
-            print(f"== {spec}, seed {seed} -> {run_dir}", flush=True)
-            run(
-                name,
+            configs = (
                 from_dict(DataConfig, {**data, "seed": seed}),
                 from_dict(ModelConfig, {**shared_model_settings(name, model or {}), **model_options}),
                 from_dict(TrainConfig, {**(train or {}), **train_options, "seed": seed, "progress": False}),
-                output_dir=run_dir,
-                n_iwae_samples=n_iwae_samples,
             )
+            if (run_dir / "metrics.json").exists():
+                check_finished_run(run_dir, *configs)
+                continue
+            print(f"== {spec}, seed {seed} -> {run_dir}", flush=True)
+            run(name, *configs, output_dir=run_dir, n_iwae_samples=n_iwae_samples)
             (run_dir / "variant.txt").write_text(spec)
     return collect(out_dir)
+
+
+def check_finished_run(run_dir: Path, data: DataConfig, model: ModelConfig, train: TrainConfig) -> None:
+    """A finished run is skipped only if it was made with the same configuration (package defaults
+    included): otherwise stop, naming the folder, rather than report an old run as a new one."""
+    saved = json.loads((run_dir / "metrics.json").read_text())["config"]
+    old = tuple(
+        from_dict(cls, saved[key])
+        for cls, key in ((DataConfig, "data"), (ModelConfig, "model"), (TrainConfig, "train"))
+    )
+    if config_hash(*old) != config_hash(data, model, train):
+        differ = [
+            f"{key}.{field}: {getattr(o, field)!r} then, {getattr(n, field)!r} now"
+            for key, o, n in zip(("data", "model", "train"), old, (data, model, train))
+            for field in asdict(n)
+            if getattr(o, field) != getattr(n, field) and field not in RESUMABLE_CHANGES
+        ]
+        raise ValueError(
+            f"{run_dir} holds a finished run of another configuration ({'; '.join(differ)}); "
+            "move it away or choose another --out"
+        )
 
 
 def collect(out_dir) -> pd.DataFrame:

@@ -219,7 +219,7 @@ def five_clusters():
 def test_recovers_five_clusters(name, five_clusters):
     adata = five_clusters.copy()
     seed_everything(0)
-    # a short run: a faster EM (em_lr 1e-2) than the default, so that empty components are off in time
+    # a short run: em_lr 1e-2 (the default) so that empty components are off in time
     model = build_model(name, adata, ModelConfig(latent_dim=5, hidden_dims=(64,), n_components=30, em_lr=1e-2))
     fit(model, adata, TrainConfig(epochs=40, batch_size=128, lr=3e-3, warmup_epochs=3, patience=0, progress=False))
     with torch.no_grad():
