@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# scvi-tools (< 1.5 on Python 3.11) gets an environment of its own, so that torch stays pinned in .venv
+SCVI_VENV ?= .venv-scvi
+STUDY ?= smoke
+CORES ?= 2
 
-.PHONY: run test book sync lint clean
+.PHONY: run test book book-check sync lint clean bench scvi-env
 
 $(STAMP): pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +35,23 @@ lint: $(STAMP)  ## ruff: lint and format check (configuration in pyproject.toml)
 
 book: $(STAMP)  ## build the Jupyter Book (notebooks executed in smoke mode) into _build/html
 	SMOKE_TEST=1 $(BIN)/jupyter-book build . --warningiserror --keep-going
+
+# a part of a study: PART="datasets=pbmc_sorted9 seeds=0-4 methods=vae,momix"; other snakemake
+# options in SNAKEMAKE_ARGS (e.g. -n for a dry run)
+bench: $(STAMP)  ## run a benchmark study (benchmarks/studies/$(STUDY).yaml) with Snakemake
+	$(BIN)/snakemake -s benchmarks/Snakefile --cores $(CORES) $(SNAKEMAKE_ARGS) --config study=$(STUDY) $(PART)
+
+$(SCVI_VENV)/.installed: pyproject.toml .ci/constraints.txt
+	$(PYTHON) -m venv $(SCVI_VENV)
+	$(SCVI_VENV)/bin/pip install -q --upgrade pip
+	$(SCVI_VENV)/bin/pip install -q torch==2.13.0  # first, as for .venv: the pinned torch, not scvi-tools' choice
+	$(SCVI_VENV)/bin/pip install -q -e ".[scvi]" -c .ci/constraints.txt
+	touch $@
+
+scvi-env: $(SCVI_VENV)/.installed  ## the scvi-tools environment the benchmark's SCVI peers run in
+
+book-check: $(STAMP)  ## open every page of _build/html in headless Chromium (after make book; needs chromium, chromium-driver)
+	HIERMIX_BOOK_HTML=_build/html $(BIN)/pytest tests/test_book_browser.py -p no:cacheprovider
 
 clean:
 	rm -rf _build runs

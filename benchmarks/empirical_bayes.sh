@@ -60,6 +60,9 @@ paper() {  # the VMM paper's protocol: early stopping on the validation ELBO wit
       fi
     done
   done
+  if [[ " ${DATASETS:-sorted 3tech} " == *" 3tech "* ]]; then  # scIB of every finished 3tech run, one Benchmarker
+    nice -n 5 $PY -m hiermix_pyro.metrics.integration $out/3tech/*-seed* --csv benchmarks/results/eb_paper_3tech_scib.csv
+  fi
 }
 
 sections=("$@"); [ ${#sections[@]} -gt 0 ] || sections=(sorted tech sweep)

@@ -75,7 +75,9 @@ def main(argv=None):
         if label in a.skip:
             continue
         seed_everything(0)
-        model = build_model(name, adata, ModelConfig(latent_dim=20, hidden_dims=(100, 100), init="random", **options))
+        random_init = {} if name == "vae" else dict(init="random")  # the vae refuses settings it does not use
+        config = ModelConfig(latent_dim=20, hidden_dims=(100, 100), **random_init, **options)
+        model = build_model(name, adata, config)
         if compiled:
             model.compile_likelihood()
         with store.scope() as state:  # models share parameter names: one store each

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 UMAP_KEY = "X_umap_latent"  # where plot_latent_umap caches the UMAP of the latent space
+UMAP_MAX_CELLS = 50_000  # plot_latent_umap embeds a seeded sample of this many cells above it
 PANEL_SIZE = (4.2, 3.8)  # inches per embedding panel, before its legend
 # tab20 without its grey pair, dark shades first: grey is kept for unmatched clusters and NaN
 _TAB20 = [c for i, c in enumerate(sns.color_palette("tab20")) if i not in (14, 15)]
@@ -188,13 +189,22 @@ def plot_latent_umap(
     basis: str = "X_latent",
     title_prefix: str = "",
     seed: int = 0,
+    max_cells: int | None = UMAP_MAX_CELLS,
 ) -> Figure:
     """UMAP of a latent space, one panel per obs column, side by side.
+
+    Categorical panels share colours: a category named like one of the first categorical panel
+    (e.g. clusters renamed to their Hungarian-matched cell type) takes its colour, others are grey.
 
     The UMAP (scanpy ``neighbors(use_rep=basis)`` + ``umap``, seeded) is computed once and
     cached in ``adata.obsm["X_umap_latent"]``; an existing one is reused whatever ``basis``.
     The neighbour graph is stored under the key ``"neighbors_latent"``, so the default
     ``adata.obsp["connectivities"]`` and ``adata.obsm["X_umap"]`` are left untouched.
+
+    With more than ``max_cells`` cells (None: no limit) the UMAP embeds a sample of
+    ``max_cells`` cells drawn with ``seed``; the other cells get NaN coordinates in the cache
+    and are not drawn, no neighbour graph is stored, and ``adata.uns["umap_latent"]`` records
+    the sample's size and seed. The figure's title says so.
 
     Parameters
     ----------
@@ -207,7 +217,9 @@ def plot_latent_umap(
     title_prefix
         Prepended to each panel title (e.g. the model name).
     seed
-        Random seed of the neighbour graph and UMAP.
+        Random seed of the neighbour graph and UMAP (and of the sample of cells).
+    max_cells
+        Largest number of cells embedded.
 
     Returns
     -------
@@ -219,21 +231,49 @@ def plot_latent_umap(
     _check_columns(adata, color)
     if UMAP_KEY not in adata.obsm:
         _coords(adata, basis)  # clear error if the latent space is missing
-        sc.pp.neighbors(
-            adata,
-            n_neighbors=min(15, adata.n_obs - 1),
-            use_rep=basis,
-            random_state=seed,
-            key_added="neighbors_latent",
-        )
-        sc.tl.umap(adata, random_state=seed, neighbors_key="neighbors_latent", key_added=UMAP_KEY)
+        if max_cells is None or adata.n_obs <= max_cells:
+            sc.pp.neighbors(
+                adata,
+                n_neighbors=min(15, adata.n_obs - 1),
+                use_rep=basis,
+                random_state=seed,
+                key_added="neighbors_latent",
+                transformer="sklearn",  # exact; scanpy's own choice below 4,096 cells (see _subsample_umap)
+            )
+            sc.tl.umap(adata, random_state=seed, neighbors_key="neighbors_latent", key_added=UMAP_KEY)
+        else:
+            adata.obsm[UMAP_KEY] = _subsample_umap(np.asarray(adata.obsm[basis]), max_cells, seed)
+            adata.uns["umap_latent"] = {"n_cells": int(max_cells), "seed": int(seed)}
     coords = _coords(adata, UMAP_KEY)
+    shown = np.isfinite(coords).all(1)
     width, height = PANEL_SIZE
     figsize = (1.5 * width * len(color), height)
     fig, axes = plt.subplots(1, len(color), figsize=figsize, layout="constrained", squeeze=False)
+    palette = None  # the first categorical panel's colours: a later panel's category of the same name shares it
     for ax, col in zip(axes[0], color):
-        _embedding_panel(ax, coords, adata.obs[col], f"{title_prefix}{col}", "UMAP")
+        panel = _embedding_panel(
+            ax, coords[shown], adata.obs[col][shown], f"{title_prefix}{col}", "UMAP", reference=palette
+        )
+        palette = palette or panel
+    if not shown.all():
+        fig.suptitle(f"a random {shown.sum():,} of {len(shown):,} cells", fontsize="medium")
     return fig
+
+
+def _subsample_umap(latent: np.ndarray, max_cells: int, seed: int) -> np.ndarray:
+    """UMAP ``[N, 2]`` of a seeded sample of ``max_cells`` rows of ``latent``; NaN for the others."""
+    cells = np.sort(np.random.default_rng(seed).choice(len(latent), size=max_cells, replace=False))
+    sample = AnnData(obs=pd.DataFrame(index=[str(i) for i in cells]))
+    sample.obsm["latent"] = np.asarray(latent[cells], dtype=np.float32)
+    # exact neighbours (scikit-learn): scanpy 1.11's approximate search (pynndescent, its default
+    # from 4,096 cells) fails on scipy's sparse arrays (no getnnz) in this environment
+    sc.pp.neighbors(
+        sample, n_neighbors=min(15, max_cells - 1), use_rep="latent", random_state=seed, transformer="sklearn"
+    )
+    sc.tl.umap(sample, random_state=seed)
+    coords = np.full((len(latent), 2), np.nan, dtype=np.float32)
+    coords[cells] = sample.obsm["X_umap"]
+    return coords
 
 
 def plot_level_panels(
@@ -267,17 +307,18 @@ def plot_level_panels(
         raise ValueError("levels is empty")
     _check_columns(adata, [*levels, *cluster_cols])
     coords = _coords(adata, basis)
+    shown = np.isfinite(coords).all(1)  # a subsampled UMAP leaves the other cells at NaN
     axis_name = "UMAP" if "umap" in basis.lower() else basis.removeprefix("X_")
     width, height = PANEL_SIZE
     figsize = (2 * 1.5 * width, height * len(levels))
     fig, axes = plt.subplots(len(levels), 2, figsize=figsize, layout="constrained", squeeze=False)
     for (true_ax, cluster_ax), level, cluster_col in zip(axes, levels, cluster_cols):
         title = f"{level}: true classes"
-        palette = _embedding_panel(true_ax, coords, adata.obs[level], title, axis_name, categorical=True)
+        palette = _embedding_panel(true_ax, coords[shown], adata.obs[level][shown], title, axis_name, categorical=True)
         _embedding_panel(
             cluster_ax,
-            coords,
-            adata.obs[cluster_col],
+            coords[shown],
+            adata.obs[cluster_col][shown],
             f"{level}: clusters ({cluster_col})",
             axis_name,
             categorical=True,

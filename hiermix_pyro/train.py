@@ -1,7 +1,9 @@
 """Training: stochastic variational inference with KL warm-up, early stopping and checkpoints.
 
 The loop only alternates steps; the maths lives in the models. ``fit`` puts the whole dataset on
-the device once and minibatches it there, so no step copies data from the host.
+the device once, sparse (CSR), and minibatches it there: a step densifies only its own minibatch
+and copies nothing from the host. Counts too large for memory stay on disk and are read in
+blocks (:class:`ChunkedCounts`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pyro
+import scipy.sparse as sp
 import torch
 from pyro.infer import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, Trace_ELBO, TraceEnum_ELBO
 from pyro.optim import ClippedAdam
@@ -41,45 +44,225 @@ def seed_everything(seed: int) -> None:
     pyro.set_rng_seed(seed)
 
 
-@dataclass
 class CountTensors:
-    """Counts ``x [N, G]`` and one-hot batches ``s [N, S]`` (or None) on one device."""
+    """Counts ``[N, G]`` kept sparse (CSR) on one device, and batches ``s`` (or None); minibatches
+    are densified there, one at a time.
 
-    x: torch.Tensor
-    s: torch.Tensor | None = None
+    ``x`` may be a dense tensor, a scipy sparse matrix or a torch sparse CSR tensor; ``s`` one-hot
+    batches ``[N, S]`` or None. ``rows`` (optional) selects the cells of a larger matrix: a split
+    of the counts without copying them (what :meth:`from_adata` does on the CPU). Indexing
+    (``data[idx]``, ``batches()``) returns dense ``(x [B, G], s [B, S] or None)`` float32
+    tensors; ``data.x`` and ``data.s`` densify every cell (for small data and tests).
+    """
+
+    def __init__(self, x, s=None, rows=None):
+        if isinstance(x, torch.Tensor) and x.layout == torch.sparse_csr:
+            indptr, indices, values, shape = x.crow_indices(), x.col_indices(), x.values(), tuple(x.shape)
+        else:
+            if isinstance(x, torch.Tensor):
+                device, x = x.device, x.detach().cpu().numpy()
+            else:
+                device = torch.device("cpu")
+            X = x if sp.issparse(x) and x.format == "csr" else sp.csr_matrix(x)
+            indptr, indices, values = (torch.as_tensor(a, device=device) for a in (X.indptr, X.indices, X.data))
+            shape = X.shape
+        self.indptr, self.indices = indptr, indices  # [N + 1], [nnz] (int32 or int64)
+        self.values = values if values.dtype == torch.float32 else values.float()  # [nnz]
+        self.shape = shape
+        device = self.values.device
+        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long, device=device)
+        codes, n_batches = None, 0
+        if s is not None:  # kept as codes [N]; one-hot per minibatch
+            s = torch.as_tensor(s, device=device)
+            codes, n_batches = s.argmax(-1), s.shape[-1]
+        self.codes, self.n_batches = codes, n_batches
 
     @classmethod
-    def from_adata(cls, adata, device="cpu", split: str | None = None) -> CountTensors:
-        """Dense float32 tensors from an AnnData prepared by :func:`hiermix_pyro.data.prepare`.
+    def from_adata(cls, adata, device="cpu", split: str | None = None) -> CountTensors | ChunkedCounts:
+        """Counts of a prepared AnnData (:func:`hiermix_pyro.data.prepare`) on ``device``.
 
-        ``split`` keeps the cells with ``obs['split'] == split`` (None: all cells).
+        ``split`` keeps the cells with ``obs['split'] == split`` (None: all cells). In memory on
+        the CPU, the tensors share ``adata.X``'s CSR arrays (no copy) and the split is a list of
+        rows; on another device only the split's rows are copied there. Counts that stay on
+        disk (:mod:`hiermix_pyro.data.backed`) give a :class:`ChunkedCounts` instead.
         """
+        from .data.backed import is_backed
+
         mask = np.ones(adata.n_obs, bool) if split is None else (adata.obs["split"] == split).to_numpy()
-        X = adata.X[mask]
-        X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
-        x = torch.as_tensor(X, dtype=torch.float32, device=device)
-        s = None
-        batch_key = adata.uns.get("hiermix", {}).get("batch_key")
-        if batch_key is not None:
-            codes = adata.obs[batch_key].astype("category").cat.codes.to_numpy()[mask]
-            n_batches = adata.obs[batch_key].astype("category").cat.categories.size
-            s = torch.nn.functional.one_hot(torch.as_tensor(codes, dtype=torch.long), n_batches)
-            s = s.to(device=device, dtype=torch.float32)
-        return cls(x, s)
+        codes, n_batches = _batch_codes(adata)
+        if is_backed(adata):
+            return ChunkedCounts(adata, np.flatnonzero(mask), device=device)
+        device = torch.device(device)
+        X = adata.X
+        X = X if sp.issparse(X) and X.format == "csr" and X.dtype == np.float32 else sp.csr_matrix(X, dtype=np.float32)
+        rows = np.flatnonzero(mask)
+        if device.type != "cpu":  # copy only the split's rows
+            X, codes = X[rows] if len(rows) < X.shape[0] else X, None if codes is None else codes[rows]
+            rows = None
+        elif len(rows) == X.shape[0]:
+            rows = None
+        data = cls.__new__(cls)
+        data._set(X, device, rows, codes, n_batches)
+        return data
+
+    def _set(self, X, device, rows, codes, n_batches) -> None:
+        self.indptr, self.indices, self.values = (
+            torch.as_tensor(a, device=device) for a in (X.indptr, X.indices, X.data)
+        )
+        self.shape = X.shape
+        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long, device=device)
+        self.codes = None if codes is None else torch.as_tensor(codes, dtype=torch.long, device=device)
+        self.n_batches = n_batches
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def n_genes(self) -> int:
+        return self.shape[1]
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return self.shape[0] if self.rows is None else len(self.rows)
+
+    @property
+    def x(self) -> torch.Tensor:
+        """All counts, dense ``[N, G]`` (small data only)."""
+        return self[:][0]
+
+    @property
+    def s(self) -> torch.Tensor | None:
+        """All one-hot batches ``[N, S]``, or None."""
+        return self[:][1]
 
     def __getitem__(self, idx) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.x[idx], None if self.s is None else self.s[idx]
+        """Dense ``(x [B, G], s [B, S] or None)`` of the cells ``idx`` (slice, index tensor or array)."""
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self), device=self.device)[idx]
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
+        rows = idx if self.rows is None else self.rows[idx]
+        return self._dense(rows), self._onehot(rows)
+
+    def _dense(self, rows: torch.Tensor) -> torch.Tensor:
+        """Densify CSR rows ``[B]`` into ``[B, G]`` on the device: gather the rows' stored values, scatter."""
+        B, G = rows.shape[0], self.shape[1]
+        start = self.indptr[rows].long()
+        counts = self.indptr[rows + 1].long() - start  # stored values per row [B]
+        total = int(counts.sum())
+        out = self.values.new_zeros(B * G)
+        if total:
+            row_of = torch.repeat_interleave(torch.arange(B, device=rows.device), counts, output_size=total)
+            offsets = torch.cumsum(counts, 0) - counts  # where each row starts in the gathered values
+            pos = torch.arange(total, device=rows.device) - offsets[row_of] + start[row_of]
+            out.index_add_(0, row_of * G + self.indices[pos].long(), self.values[pos])  # sums duplicates, as toarray
+        return out.view(B, G)
+
+    def _onehot(self, rows: torch.Tensor) -> torch.Tensor | None:
+        if self.codes is None:
+            return None
+        return torch.nn.functional.one_hot(self.codes[rows], self.n_batches).float()
 
     def batches(self, batch_size: int, shuffle: bool = False, drop_last: bool = False):
-        """Yield ``(x, s)`` minibatches, indexing on the device."""
+        """Yield ``(x, s)`` minibatches, indexing and densifying on the device."""
         n = len(self)
-        order = torch.randperm(n, device=self.x.device) if shuffle else torch.arange(n, device=self.x.device)
+        order = torch.randperm(n, device=self.device) if shuffle else torch.arange(n, device=self.device)
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         for i in range(0, stop, batch_size):
             yield self[order[i : i + batch_size]]
+
+
+def _batch_codes(adata) -> tuple[np.ndarray | None, int]:
+    """Batch category codes ``[N]`` and the number of batches (None, 0 without a batch key)."""
+    batch_key = adata.uns.get("hiermix", {}).get("batch_key")
+    if batch_key is None:
+        return None, 0
+    batches = adata.obs[batch_key].astype("category")
+    return batches.cat.codes.to_numpy().astype(np.int64), batches.cat.categories.size
+
+
+class ChunkedCounts:
+    """Counts that stay on disk, read in row blocks (:class:`hiermix_pyro.data.RowBlocks`), with
+    the interface of :class:`CountTensors` (``len``, ``batches``, ``data[idx]``).
+
+    **How shuffled the minibatches are.** With ``shuffle=True`` an epoch permutes the order of
+    the blocks (``block_rows`` consecutive cells of the file each, default 8,192), pools
+    ``buffer_blocks`` of them (default 8: about 65,000 cells) on the device, permutes the pooled
+    cells and cuts minibatches from them; cells left over at the end of a pool join the next
+    one. Every cell is visited once per epoch, but a minibatch holds cells from at most
+    ``buffer_blocks + 1`` stretches of the file, not from the whole file. For a file sorted by
+    cell type that is a few types per pool rather than all of them; shuffle the file's rows once
+    (``adata[np.random.permutation(adata.n_obs)].write_h5ad(...)``) when that matters. Without
+    ``shuffle`` the cells come in file order. Memory: one pool of CSR blocks at a time.
+    """
+
+    def __init__(self, adata, positions, device="cpu", block_rows: int | None = None, buffer_blocks: int = 8):
+        from .data.backed import BLOCK_ROWS, RowBlocks
+
+        self.blocks = RowBlocks(adata, positions, block_rows or BLOCK_ROWS)
+        codes, self.n_batches = _batch_codes(adata)
+        self.codes = None if codes is None else codes[self.blocks.rows]
+        self.device = torch.device(device)
+        self.buffer_blocks = buffer_blocks
+        self.n_genes = adata.n_vars
+
+    def __len__(self) -> int:
+        return len(self.blocks.rows)
+
+    def _block(self, i: int) -> tuple[sp.csr_matrix, np.ndarray | None]:
+        rows = slice(i * self.blocks.block_rows, (i + 1) * self.blocks.block_rows)
+        return self.blocks[i][1], None if self.codes is None else self.codes[rows]
+
+    def _tensors(self, X: sp.csr_matrix, codes) -> CountTensors:
+        data = CountTensors.__new__(CountTensors)
+        data._set(X, self.device, None, codes, self.n_batches)
+        return data
+
+    def __getitem__(self, idx) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Dense ``(x, s)`` of the cells ``idx`` (positions in this split), read from the file."""
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.asarray(idx, dtype=np.int64).reshape(-1)
+        order = np.argsort(idx, kind="stable")
+        X = self.blocks.read(self.blocks.rows[idx[order]])
+        codes = None if self.codes is None else self.codes[idx[order]]
+        x, s = self._tensors(X, codes)[:]
+        back = torch.as_tensor(np.argsort(order), device=self.device)
+        return x[back], None if s is None else s[back]
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self[:][0]
+
+    @property
+    def s(self) -> torch.Tensor | None:
+        return self[:][1]
+
+    def batches(self, batch_size: int, shuffle: bool = False, drop_last: bool = False):
+        """Yield ``(x, s)`` minibatches (see the class docstring for how shuffled they are)."""
+        n_blocks = len(self.blocks)
+        order = torch.randperm(n_blocks).tolist() if shuffle else list(range(n_blocks))
+        pools = [order[i : i + self.buffer_blocks] for i in range(0, n_blocks, self.buffer_blocks)]
+        left_X, left_codes = None, None
+        try:
+            for p, pool in enumerate(pools):
+                parts = [self._block(i) for i in pool]
+                if left_X is not None:
+                    parts.insert(0, (left_X, left_codes))
+                X = sp.vstack([part[0] for part in parts], format="csr")
+                codes = None if self.codes is None else np.concatenate([part[1] for part in parts])
+                data = self._tensors(X, codes)
+                n = len(data)
+                last = p == len(pools) - 1
+                cells = torch.randperm(n, device=self.device) if shuffle else torch.arange(n, device=self.device)
+                usable = n if last else n - n % batch_size  # the rest joins the next pool
+                if last and drop_last and n >= batch_size:
+                    usable = n - n % batch_size
+                for i in range(0, usable, batch_size):
+                    yield data[cells[i : i + batch_size]]
+                rest = cells[usable:].cpu().numpy()
+                rest.sort()  # keep file order within the carried-over cells
+                left_X = X[rest] if len(rest) else None
+                left_codes = None if codes is None or not len(rest) else codes[rest]
+        finally:
+            self.blocks.close()
 
 
 def make_elbo(model, jit: bool = False, num_particles: int = 1):

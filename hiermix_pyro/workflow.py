@@ -20,11 +20,21 @@ import torch
 from . import __version__
 from .config import DataConfig, ModelConfig, TrainConfig
 from .data import DATASETS, load_dataset, prepare
-from .metrics import cluster_latent, elbo, hungarian_match, iwae, level_scores, nesting_score
+from .metrics import (
+    adata_hierarchy_scores,
+    cluster_latent,
+    elbo,
+    hungarian_match,
+    iwae,
+    level_scores,
+    nesting_score,
+)
 from .models import build_model, check_model_name
 from .train import CountTensors, fit, seed_everything
 
 SMOKE = dict(epochs=2, subsample=300, n_hvg=100, n_iwae_samples=5)  # what SMOKE_TEST shrinks
+KMEANS_FULL_MAX = 50_000  # cells above which annotate's k-means (vae) is minibatch k-means
+LIKELIHOOD_MAX_CELLS = 10_000  # evaluate: IWAE and ELBO on at most this many test cells (a seeded sample)
 
 
 def smoke_test_requested(flag: bool = False) -> bool:
@@ -143,13 +153,19 @@ def load(config: DataConfig = DataConfig(), likelihood: str = "nb") -> ad.AnnDat
 
 @torch.no_grad()
 def _posteriors(model, data: CountTensors, batch_size: int = 512):
-    """Latent means ``[N, D]`` and cluster posteriors per level ``[N, K_l]``."""
-    latents, probs = [], []
+    """Latent means ``[N, D]`` and cluster posteriors per level ``[N, K_l]``, in minibatches
+    (only one minibatch of counts is dense at a time)."""
+    latent, levels, start = None, None, 0
     for x, s in data.batches(batch_size):
-        latents.append(model.latent(x, s))
-        probs.append(model.cluster_probs(x, s))
-    latent = torch.cat(latents).cpu().numpy()
-    levels = [torch.cat([p[i] for p in probs]).cpu().numpy() for i in range(len(probs[0]))]
+        z, probs = model.latent(x, s), model.cluster_probs(x, s)
+        if latent is None:  # filled in place: no list of small tensors between the large temporaries
+            latent = np.empty((len(data), z.shape[-1]), dtype=np.float32)
+            levels = [np.empty((len(data), p.shape[-1]), dtype=np.float32) for p in probs]
+        stop = start + x.shape[0]
+        latent[start:stop] = z.cpu().numpy()
+        for out, p in zip(levels, probs):
+            out[start:stop] = p.cpu().numpy()
+        start = stop
     return latent, levels
 
 
@@ -160,7 +176,8 @@ def annotate(model, adata: ad.AnnData, seed: int = 0) -> ad.AnnData:
     - ``obsm['q_y<l>']``: cluster posteriors of model level l (mixture models);
     - ``obs['cluster_<level>']``: one clustering per label level. Mixture models use argmax of
       their posterior (level l for label level l when the depths agree, else their finest level);
-      models without clusters (``vae``) get k-means on the latent with as many clusters as classes;
+      models without clusters (``vae``) get k-means on the latent with as many clusters as classes
+      (minibatch k-means, seeded, above ``KMEANS_FULL_MAX`` cells);
     - ``uns['hiermix']['level_map']``: which clustering each label level got, ``{label level:
       model level}`` with model levels counted from 1 (coarsest) as in ``q_y<l>``, or ``"kmeans"``;
     - ``obs['confidence_<level>']``: how probable each cell's cluster is for it (its posterior
@@ -179,7 +196,7 @@ def annotate(model, adata: ad.AnnData, seed: int = 0) -> ad.AnnData:
     for i, level in enumerate(levels):
         if not probs:
             n = adata.obs[level].astype("category").cat.categories.size
-            clusters = cluster_latent(latent, n, method="kmeans", seed=seed)
+            clusters = _kmeans(latent, n, seed)
             level_map[level] = "kmeans"
         else:
             model_level = i if len(probs) == len(levels) else len(probs) - 1
@@ -193,6 +210,17 @@ def annotate(model, adata: ad.AnnData, seed: int = 0) -> ad.AnnData:
     return adata
 
 
+def _kmeans(latent: np.ndarray, n_clusters: int, seed: int) -> np.ndarray:
+    """k-means (10 restarts) up to ``KMEANS_FULL_MAX`` cells; above, scikit-learn's minibatch
+    k-means (batches of 4,096 cells, 3 restarts), whose cost does not grow with the restarts x N."""
+    if len(latent) <= KMEANS_FULL_MAX:
+        return cluster_latent(latent, n_clusters, method="kmeans", seed=seed)
+    from sklearn.cluster import MiniBatchKMeans
+
+    km = MiniBatchKMeans(n_clusters=n_clusters, batch_size=4096, n_init=3, random_state=seed)
+    return km.fit_predict(np.asarray(latent, dtype=np.float32))
+
+
 def _confidence(clusters: np.ndarray, probs: np.ndarray | None, latent: np.ndarray) -> np.ndarray:
     """Each cell's probability of its own cluster ``[N]``; without probabilities, minus the
     Euclidean distance of its latent mean to its cluster's centroid."""
@@ -202,13 +230,21 @@ def _confidence(clusters: np.ndarray, probs: np.ndarray | None, latent: np.ndarr
     return -np.linalg.norm(latent - centres.loc[clusters].to_numpy(), axis=1)
 
 
-def evaluate(model, adata: ad.AnnData, n_iwae_samples: int = 100, seed: int = 0) -> dict:
+def evaluate(
+    model, adata: ad.AnnData, n_iwae_samples: int = 100, seed: int = 0, max_likelihood_cells: int | None = None
+) -> dict:
     """Clustering scores on all cells per label level; IWAE and ELBO per cell on the test split.
+
+    The IWAE and the ELBO are computed on at most ``max_likelihood_cells`` test cells (default
+    ``LIKELIHOOD_MAX_CELLS``; None in the call means the default, 0 means no cap): above it, on a
+    sample of that many drawn without replacement with ``seed``, the same cells for both. The
+    returned ``likelihood_cells`` and ``likelihood_max_cells`` record it (in ``metrics.json``).
 
     Each level also gets ``nesting`` (:func:`~hiermix_pyro.metrics.nesting_score` of its clusters
     inside the previous level's; NaN at the first level) and ``nesting_labels`` (the same for the
     true labels, 1 for a strict hierarchy), and ``model_level``: the model level (from 1, coarsest)
     whose clusters were scored against it, or ``"kmeans"`` (``uns['hiermix']['level_map']``).
+    ``hierarchy`` scores the hierarchy as a whole (:func:`~hiermix_pyro.metrics.adata_hierarchy_scores`).
 
     Needs :func:`annotate` first (it reads ``obs['cluster_<level>']`` and the level map).
     """
@@ -236,14 +272,23 @@ def evaluate(model, adata: ad.AnnData, n_iwae_samples: int = 100, seed: int = 0)
         )
     device = next(model.parameters()).device
     split = "test" if (adata.obs["split"] == "test").any() else None
-    data = CountTensors.from_adata(adata, device, split)
+    cap = LIKELIHOOD_MAX_CELLS if max_likelihood_cells is None else max_likelihood_cells
+    cells = np.flatnonzero((adata.obs["split"] == split).to_numpy()) if split else np.arange(adata.n_obs)
+    if cap and len(cells) > cap:  # a seeded sample; numpy's generator leaves torch's state alone
+        cells = np.sort(np.random.default_rng(seed).choice(cells, size=cap, replace=False))
+        data = CountTensors.from_adata(adata[cells], device)
+    else:
+        data = CountTensors.from_adata(adata, device, split)
     integration = _integration_scores(adata)
     return dict(
         levels=scores,
         iwae=float(np.mean(iwae(model, data, n_samples=n_iwae_samples))),
         elbo=float(elbo(model, data)),
         likelihood_split=split or "all",
+        likelihood_cells=len(data),
+        likelihood_max_cells=cap or None,
         n_iwae_samples=n_iwae_samples,
+        hierarchy=adata_hierarchy_scores(adata),
         **({"scib": integration} if integration else {}),
     )
 

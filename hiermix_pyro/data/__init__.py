@@ -8,6 +8,7 @@ Typical use::
     adata.uns["hiermix"]  # {"dataset", "levels", "labels_key", "batch_key", "n_hvg"}
 """
 
+from hiermix_pyro.data.backed import RowBlocks, is_backed, read_backed
 from hiermix_pyro.data.hierarchy import add_hierarchy, add_level_keys, default_hierarchy, read_hierarchy
 from hiermix_pyro.data.loaders import (
     DATASETS,
@@ -17,21 +18,26 @@ from hiermix_pyro.data.loaders import (
     read_10x_purified_tarball,
     resolve_data_dir,
 )
-from hiermix_pyro.data.preprocess import prepare, validate_counts
-from hiermix_pyro.data.simulate import simulate_hierarchy
+from hiermix_pyro.data.preprocess import prepare, seurat_v3_genes, validate_counts
+from hiermix_pyro.data.simulate import simulate_hierarchy, simulate_large
 
 __all__ = [
     "DATASETS",
     "PBMC_PURIFIED",
+    "RowBlocks",
     "add_hierarchy",
     "add_level_keys",
     "default_hierarchy",
     "download_pbmc_purified",
+    "is_backed",
     "load_dataset",
     "prepare",
     "read_10x_purified_tarball",
+    "read_backed",
     "read_hierarchy",
     "resolve_data_dir",
+    "seurat_v3_genes",
     "simulate_hierarchy",
+    "simulate_large",
     "validate_counts",
 ]

@@ -22,6 +22,7 @@ import scipy.io
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from hiermix_pyro.data.backed import is_backed, read_backed, want_backed
 from hiermix_pyro.data.hierarchy import add_hierarchy, add_level_keys, default_hierarchy
 from hiermix_pyro.data.simulate import simulate_hierarchy
 
@@ -66,6 +67,7 @@ def load_dataset(
     hierarchy: pd.DataFrame | str | Path | None = None,
     level_keys: tuple[str, ...] | list[str] = (),
     seed: int = 0,
+    backed: bool | None = None,
     **simulate_kwargs,
 ) -> ad.AnnData:
     """Load counts with their label hierarchy.
@@ -102,11 +104,17 @@ def load_dataset(
     the built-in tree because its labels have the built-in names: pass ``hierarchy`` for that.
     seed, **simulate_kwargs
         Passed to :func:`simulate_hierarchy` for ``dataset="simulated"``.
+    backed
+        For ``.h5ad`` files (paths and the named sets): keep the counts on disk and read them in
+        row blocks (:mod:`hiermix_pyro.data.backed`; ``X`` is then ``None``). ``None``: the
+        environment variable ``HIERMIX_BACKED`` (``1`` / ``0``) if set, else only when the counts
+        would take more than half of the machine's memory.
 
     Returns
     -------
     anndata.AnnData
-        Counts in ``.X`` (CSR float32), levels in ``obs``, ``uns['hiermix']`` filled.
+        Counts in ``.X`` (CSR float32; ``None`` when backed), levels in ``obs``,
+        ``uns['hiermix']`` filled (with ``"backed": {"path", "key"}`` when backed).
     """
     level_keys = _check_level_options(hierarchy, level_keys, labels_key)
     if isinstance(dataset, str) and dataset == "simulated":
@@ -118,14 +126,15 @@ def load_dataset(
     else:
         if simulate_kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(simulate_kwargs)}")
-        adata, name, labels_key, batch_key = _read(dataset, labels_key, batch_key, data_dir)
+        adata, name, labels_key, batch_key = _read(dataset, labels_key, batch_key, data_dir, layer, backed)
         if level_keys:
             labels_key = level_keys[-1]
         _check_obs_key(adata, labels_key, "labels_key")
         if batch_key is not None:
             _check_obs_key(adata, batch_key, "batch_key")
             adata.obs[batch_key] = adata.obs[batch_key].astype("category")
-        _use_layer(adata, layer)
+        if not is_backed_raw(adata):
+            _use_layer(adata, layer)
         builtin = name in _BUILTIN_TREE or adata.uns.get(SOURCE_KEY) == "pbmc_purified"
         levels = _levels(adata, labels_key, hierarchy, level_keys, builtin)
         adata.uns["hiermix"] = {
@@ -134,7 +143,14 @@ def load_dataset(
             "labels_key": levels[-1],
             "batch_key": batch_key,
         }
+        if "hiermix_backed" in adata.uns:  # counts on disk (read_backed)
+            adata.uns["hiermix"]["backed"] = adata.uns.pop("hiermix_backed")
     return _drop_labels(adata, drop_labels)
+
+
+def is_backed_raw(adata: ad.AnnData) -> bool:
+    """Backed data before ``uns['hiermix']`` exists (as :func:`read_backed` returns them) or after."""
+    return adata.X is None and ("hiermix_backed" in adata.uns or is_backed(adata))
 
 
 def _check_level_options(hierarchy, level_keys, labels_key) -> tuple[str, ...]:
@@ -165,8 +181,11 @@ def _read(
     labels_key: str | None,
     batch_key: str | None,
     data_dir: str | Path | None,
+    layer: str | None = None,
+    backed: bool | None = None,
 ) -> tuple[ad.AnnData, str, str | None, str | None]:
-    """Read ``dataset``; return it with its name and default labels/batch keys filled in."""
+    """Read ``dataset``; return it with its name and default labels/batch keys filled in.
+    ``.h5ad`` files are read backed (counts left on disk) when :func:`want_backed` says so."""
     if isinstance(dataset, ad.AnnData):
         adata = dataset.copy()
         if adata.uns.get(SOURCE_KEY) == "pbmc_purified":
@@ -182,13 +201,22 @@ def _read(
                 f"{filename} not found in {path.parent}; point the environment variable "
                 f"{_DATA_DIR_ENV} (or data_dir=) to the folder holding it"
             )
-        return ad.read_h5ad(path), dataset, labels_key or default_labels, batch_key or default_batch
+        return _read_h5ad(path, layer, backed), dataset, labels_key or default_labels, batch_key or default_batch
     if Path(dataset).is_file():
-        adata = ad.read_h5ad(dataset)
+        adata = _read_h5ad(dataset, layer, backed)
         if adata.uns.get(SOURCE_KEY) == "pbmc_purified":
             labels_key = labels_key or "cell_type"
         return adata, str(dataset), labels_key, batch_key
     raise ValueError(f"unknown dataset {str(dataset)!r}: not an existing .h5ad file nor one of {', '.join(DATASETS)}")
+
+
+def _read_h5ad(path, layer: str | None, backed: bool | None) -> ad.AnnData:
+    key = "X" if layer is None else f"layers/{layer}"
+    try:
+        use_backed = want_backed(path, key, backed)
+    except KeyError:  # no such layer: _use_layer names the ones there are
+        use_backed = False
+    return read_backed(path, layer) if use_backed else ad.read_h5ad(path)
 
 
 def _check_obs_key(adata: ad.AnnData, key: str | None, argument: str) -> None:

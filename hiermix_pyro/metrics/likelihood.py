@@ -18,17 +18,26 @@ import torch
 
 from ..train import CountTensors, make_elbo
 
+MAX_ELEMENTS = 2**23  # iwae: largest [S, B, G] tensor (32 MiB of float32); fewer cells per batch above it
+
 
 @torch.no_grad()
 def iwae(model, data: CountTensors, n_samples: int = 100, batch_size: int = 128) -> np.ndarray:
-    """Per-cell IWAE estimate of log p(x) with ``n_samples`` importance samples: ``[N]``."""
-    out = []
+    """Per-cell IWAE estimate of log p(x) with ``n_samples`` importance samples: ``[N]``.
+
+    The decoder's output for all samples of a batch is an ``[S, B, G]`` tensor; when it would
+    exceed ``MAX_ELEMENTS`` (100 samples x 128 cells x 2,000 genes does), the batch shrinks so
+    that the evaluation's memory stays bounded (a fixed cost, whatever the number of cells).
+    """
+    batch_size = max(1, min(batch_size, MAX_ELEMENTS // max(1, n_samples * data.n_genes)))
+    out, start = np.empty(len(data), dtype=np.float32), 0
     for x, s in data.batches(batch_size):
         q = model.q_z(x, s)  # batch [B], event [D]
         z = q.sample((n_samples,))  # [S, B, D]
         log_w = model.log_p_x_z(x, z, s) + model.log_p_z(z) - q.log_prob(z)  # [S, B]
-        out.append(torch.logsumexp(log_w, 0) - math.log(n_samples))
-    return torch.cat(out).cpu().numpy()
+        out[start : start + x.shape[0]] = (torch.logsumexp(log_w, 0) - math.log(n_samples)).cpu().numpy()
+        start += x.shape[0]
+    return out
 
 
 @torch.no_grad()

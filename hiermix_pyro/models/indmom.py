@@ -18,9 +18,9 @@ from torch.nn import functional as F
 
 from ..config import ModelConfig
 from ..nn import Encoder
-from ..priors import ComponentDensity, categorical_kl
+from ..priors import ComponentDensity, DiagComponents, categorical_kl
 from .base import CountModel, n_batches, n_classes
-from .momix import PRIORS, usage_schedule
+from .momix import PRIORS, register, usage_schedule
 
 
 class IndMoMVAE(CountModel):
@@ -93,8 +93,9 @@ class IndMoMVAE(CountModel):
         return torch.cat([log_w[l] + F.log_softmax(a, -1) for l, a in enumerate(self.prior_logits)])
 
     def model(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
-        pyro.module("indmom", self)
+        register("indmom", self, skip=("encoder.",) + (() if self.config.prior == "studentt" else ("df_raw",)))
         loc, scale, df = self.components()  # [P, D]
+        components = DiagComponents(loc, scale, df)  # this step's component constants, computed once
         enum = {"enumerate": "parallel"}
         with self.cells(x, n_obs):
             with poutine.scale(scale=beta):
@@ -103,19 +104,21 @@ class IndMoMVAE(CountModel):
                 for l, logits in enumerate(self.prior_logits):
                     y = pyro.sample(f"y{l + 1}", dist.Categorical(logits=logits), infer=enum)  # [Kl, 1.., 1]
                     c = c + (k == l).long() * (self.first[l] + y)  # component of branch k
-                z = pyro.sample("z", ComponentDensity(c, loc, scale, df, x.shape[0]))  # [B, D]
+                pz = ComponentDensity(c, loc, scale, df, x.shape[0], components=components)
+                z = pyro.sample("z", pz)  # [B, D]
             pyro.sample("x", self.px(z, x, s), obs=x)  # [B, G]
+            # the regularisers reuse the z site's [B, P] matrix (evaluated once per step)
             if beta_y is not None:  # KL weight beta_y on the discrete part (see MoMixVAE.kl_y)
-                pyro.factor("kl_y", (beta - beta_y) * self.kl_y(z))  # [B]
+                pyro.factor("kl_y", (beta - beta_y) * self.kl_y(z, pz.log_prob_matrix(z)))  # [B]
         if usage_lambda:  # lambda * sum_l KL(mean_B p(yl | z, k=l) || pi_l)
             kl = 0.0
-            for q, logits in zip(self._branch_posteriors(z), self.prior_logits):
+            for q, logits in zip(self._branch_posteriors(z, pz.log_prob_matrix(z)), self.prior_logits):
                 q_bar, log_p = q.mean(0), F.log_softmax(logits, -1)
                 kl = kl + (q_bar * (q_bar.clamp(min=1e-10).log() - log_p)).sum()
             pyro.factor("usage", -usage_lambda * (n_obs or x.shape[0]) * kl)
 
     def guide(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
-        pyro.module("indmom", self)
+        register("indmom", self, only=("encoder.",))  # the model registers the rest
         with self.cells(x, n_obs):
             loc, scale = self.encoder(x, s)  # [B, D]
             with poutine.scale(scale=beta):
@@ -125,19 +128,19 @@ class IndMoMVAE(CountModel):
         """The usage regulariser's weight (see :func:`~hiermix_pyro.models.momix.usage_schedule`)."""
         return usage_schedule(self.config.usage_lambda, progress)
 
-    def kl_y(self, z):
+    def kl_y(self, z, log_pz=None):
         """KL(p(k, yk | z) || p(k, yk)) per cell ``[B]``: the discrete part of the KL (the y's of
-        the branches not chosen keep their prior and add nothing)."""
-        loc, scale, df = self.components()
+        the branches not chosen keep their prior and add nothing). ``log_pz``: the ``[B, P]``
+        component log-densities at z, if already computed."""
         log_prior = self.log_prior_components()  # [P]
-        log_joint = log_prior + ComponentDensity(None, loc, scale, df).log_prob_matrix(z)  # [B, P]
-        return categorical_kl(log_joint - log_joint.logsumexp(-1, keepdim=True), log_prior)
+        log_pz = DiagComponents(*self.components()).log_prob_matrix(z) if log_pz is None else log_pz
+        return categorical_kl((log_prior + log_pz).log_softmax(-1), log_prior)  # [B]
 
     # ---- inference helpers ----
-    def _branch_posteriors(self, z):
-        """p(yl | z, k = l) per level: ``[..., B, D] -> [..., B, Kl]``."""
-        loc, scale, df = self.components()
-        log_pz = ComponentDensity(None, loc, scale, df).log_prob_matrix(z)  # [..., B, P]
+    def _branch_posteriors(self, z, log_pz=None):
+        """p(yl | z, k = l) per level: ``[..., B, D] -> [..., B, Kl]`` (``log_pz``: the
+        ``[..., B, P]`` component log-densities at z, if already computed)."""
+        log_pz = DiagComponents(*self.components()).log_prob_matrix(z) if log_pz is None else log_pz
         out = []
         for l, logits in enumerate(self.prior_logits):
             start = int(self.first[l])
@@ -149,8 +152,7 @@ class IndMoMVAE(CountModel):
 
     def log_p_z(self, z):
         """log sum_k sum_y p(k) p(y | k) p(z | k, y), exact: ``[S, B, D] -> [S, B]``."""
-        loc, scale, df = self.components()
-        log_pz = ComponentDensity(None, loc, scale, df).log_prob_matrix(z)  # [S, B, P]
+        log_pz = DiagComponents(*self.components()).log_prob_matrix(z)  # [S, B, P]
         return (self.log_prior_components() + log_pz).logsumexp(-1)
 
     @torch.no_grad()

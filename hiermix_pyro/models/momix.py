@@ -15,16 +15,27 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.ops.indexing import Vindex
+from pyro.params import param_with_module_name
 from torch import nn
 from torch.nn import functional as F
 
 from ..config import ModelConfig
 from ..nn import Encoder, cat_broadcast
-from ..priors import ComponentDensity, categorical_kl, path_index, take_enumerated
+from ..priors import ComponentDensity, DiagComponents, categorical_kl, path_index, take_enumerated
 from .base import CountModel, n_batches, n_classes
 
 GUIDES = ("collapsed", "structured")
 PRIORS = ("normal", "studentt")
+
+
+def register(name: str, module: nn.Module, only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """``pyro.module(name, module)`` for the parameters a model or guide uses: those whose names
+    start with one of ``only`` (all when empty) and none of ``skip``, under the names
+    ``pyro.module`` gives them. A step's model and guide together still register every parameter
+    in use, each once instead of twice: one ``pyro.param`` message fewer per parameter and step."""
+    for param_name, value in module.named_parameters():
+        if (not only or param_name.startswith(only)) and not param_name.startswith(skip):
+            pyro.param(param_with_module_name(name, param_name), value)
 
 
 def usage_schedule(lam: float, progress: float) -> dict:
@@ -105,6 +116,10 @@ class MoMixVAE(CountModel):
             self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, D, n_extra=sum(Ks))
             self.q_y_heads = nn.ModuleList([nn.Linear(config.hidden_dims[-1], k) for k in Ks])
             self.q_y_prefix = nn.ParameterList([nn.Parameter(torch.zeros(Ks[: l + 1])) for l in range(1, L)])
+        # [P, K1 + ... + KL]: 1 where path p has y_l = j; q [P] @ it = every level's marginal at once
+        paths = self._all_paths()
+        onehots = [F.one_hot(y, K) for y, K in zip(paths, Ks)]
+        self.register_buffer("level_indicator", torch.cat(onehots, -1).float(), persistent=False)
 
     @classmethod
     def from_adata(cls, adata, config: ModelConfig = ModelConfig(), seed: int = 0) -> MoMixVAE:
@@ -143,28 +158,46 @@ class MoMixVAE(CountModel):
         return path_index(ys, self.level_sizes)
 
     def model(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
-        pyro.module(self.pyro_name, self)
-        loc, scale, df = self.components()  # [P, D]
         collapsed = self.config.guide == "collapsed"
+        register(self.pyro_name, self, skip=self._guide_only())
+        loc, scale, df = self.components()  # [P, D]
+        components = DiagComponents(loc, scale, df)  # this step's component constants, computed once
         enum = {"enumerate": "parallel"} if collapsed else {}
+        log_prior = self.log_prior_paths().reshape(-1) if usage_lambda or beta_y is not None else None  # [P]
         if usage_lambda and not collapsed:  # q(y | x) needs no z: before the y's
-            self._usage_factor(x, s, None, usage_lambda, n_obs)
+            self._usage_factor(
+                self.log_q_paths(self.encoder.hidden(x, s)).reshape(x.shape[0], -1).exp(),
+                log_prior,
+                usage_lambda,
+                n_obs,
+            )
         with self.cells(x, n_obs):
             if beta_y is not None and not collapsed:  # KL weight beta_y on the discrete part
                 pyro.factor("kl_y", (beta - beta_y) * self.kl_y(x, s))  # [B]
             with poutine.scale(scale=beta):
                 ys = []
                 for l, logits in enumerate(self.prior_logits):
-                    ys.append(
-                        pyro.sample(f"y{l + 1}", dist.Categorical(logits=take_enumerated(logits, ys)), infer=enum)
-                    )  # [Kl, 1, ..., 1] when enumerated
+                    # (no argument validation: the logits are the model's own parameters, never NaN unless
+                    # training diverged, which fit() reports; it costs a check per site and step)
+                    p_yl = dist.Categorical(logits=take_enumerated(logits, ys), validate_args=False)
+                    ys.append(pyro.sample(f"y{l + 1}", p_yl, infer=enum))  # [Kl, 1, ..., 1] when enumerated
                 # p(z | y1..yL): the component of the whole path (log_prob: [KL, ..., K1, B])
-                z = pyro.sample("z", ComponentDensity(tuple(ys), loc, scale, df, x.shape[0], self.level_sizes))
+                pz = ComponentDensity(tuple(ys), loc, scale, df, x.shape[0], self.level_sizes, components=components)
+                z = pyro.sample("z", pz)
             pyro.sample("x", self.px(z, x, s), obs=x)  # [K?, B, G]
+            if collapsed and log_prior is not None:  # p(y | z) [B, P], from the z site's own [B, P] matrix
+                log_post = (log_prior + pz.log_prob_matrix(z)).log_softmax(-1)
             if beta_y is not None and collapsed:
-                pyro.factor("kl_y", (beta - beta_y) * self.kl_y(x, s, z))  # [B]
-        if usage_lambda and self.config.guide == "collapsed":
-            self._usage_factor(x, s, z, usage_lambda, n_obs)
+                pyro.factor("kl_y", (beta - beta_y) * categorical_kl(log_post, log_prior))  # [B]
+        if usage_lambda and collapsed:
+            self._usage_factor(log_post.exp(), log_prior, usage_lambda, n_obs)
+
+    def _guide_only(self) -> tuple[str, ...]:
+        """Parameters the model leaves to the guide to register: the encoder, with the collapsed
+        guide (the structured model reads q(y | x) for its regularisers); ``df_raw``, unused by
+        Gaussian components, is registered by neither."""
+        gaussian = () if self.config.prior == "studentt" else ("df_raw",)
+        return (("encoder.",) if self.config.guide == "collapsed" else ()) + gaussian
 
     def kl_y(self, x, s=None, z=None):
         """The discrete part of the KL, per cell ``[B]``: structured, KL(q(y | x) || p(y));
@@ -182,16 +215,20 @@ class MoMixVAE(CountModel):
             log_q = self.log_posterior_paths(z)  # [B, P]
         return categorical_kl(log_q, log_p)
 
-    def _usage_factor(self, x, s, z, usage_lambda, n_obs):
+    def _usage_factor(self, joint, log_prior, usage_lambda, n_obs):
         """lambda * sum_l KL(mean_B q(yl | x) || p(yl)); times n_obs, as the ELBO is a sum over
-        the training set while the reference added lambda * KL to a per-cell mean."""
-        q_bar = [p.mean(0) for p in self._usage_probs(x, s, z)]
-        p_bar = self._level_marginals(self.log_prior_paths().exp().unsqueeze(0))
-        kl = sum((q * (q.clamp(min=1e-10).log() - p[0].clamp(min=1e-10).log())).sum() for q, p in zip(q_bar, p_bar))
-        pyro.factor("usage", -usage_lambda * (n_obs or x.shape[0]) * kl)
+        the training set while the reference added lambda * KL to a per-cell mean.
+
+        ``joint``: the minibatch's path posteriors ``[B, P]`` (collapsed: p(y | z); structured:
+        q(y | x)); ``log_prior``: log p(y) ``[P]``. The minibatch mean comes first, then every
+        level's marginal in one product with ``level_indicator`` (sums commute with the mean)."""
+        q_bar = joint.mean(0) @ self.level_indicator  # [K1 + ... + KL]: mean_B q(yl | x), levels side by side
+        p_bar = log_prior.exp() @ self.level_indicator  # [K1 + ... + KL]: p(yl)
+        kl = (q_bar * (q_bar.clamp(min=1e-10).log() - p_bar.clamp(min=1e-10).log())).sum()
+        pyro.factor("usage", -usage_lambda * (n_obs or joint.shape[0]) * kl)
 
     def guide(self, x, s=None, n_obs=None, beta=1.0, usage_lambda=0.0, beta_y=None):
-        pyro.module(self.pyro_name, self)
+        register(self.pyro_name, self, only=("encoder.",) if self.config.guide == "collapsed" else ())
         with self.cells(x, n_obs):
             h = self.encoder.hidden(x, s)  # [B, H]
             with poutine.scale(scale=beta):
@@ -238,17 +275,8 @@ class MoMixVAE(CountModel):
 
     def log_posterior_paths(self, z):
         """Exact p(y1..yL | z) for each z: ``[..., B, D] -> [..., B, P]`` (what enumeration gives)."""
-        loc, scale, df = self.components()
-        log_joint = self.log_prior_paths().reshape(-1) + ComponentDensity(None, loc, scale, df).log_prob_matrix(z)
-        return log_joint - log_joint.logsumexp(-1, keepdim=True)
-
-    def _usage_probs(self, x, s, z):
-        """Per-level posteriors of the minibatch for the usage regulariser: ``[B, Kl]`` each."""
-        if self.config.guide == "collapsed":
-            joint = self.log_posterior_paths(z).exp()  # [B, P]
-        else:
-            joint = self.log_q_paths(self.encoder.hidden(x, s)).exp()
-        return self._level_marginals(joint.reshape(-1, *self.level_sizes))
+        log_joint = self.log_prior_paths().reshape(-1) + DiagComponents(*self.components()).log_prob_matrix(z)
+        return log_joint.log_softmax(-1)
 
     # ---- inference helpers ----
     def q_z(self, x, s=None):
@@ -271,8 +299,7 @@ class MoMixVAE(CountModel):
 
     def log_p_z(self, z):
         """log sum_y p(y) p(z | y), exact over all P paths: ``[S, B, D] -> [S, B]``."""
-        loc, scale, df = self.components()
-        log_pz_y = ComponentDensity(None, loc, scale, df).log_prob_matrix(z)  # [S, B, P]
+        log_pz_y = DiagComponents(*self.components()).log_prob_matrix(z)  # [S, B, P]
         return (self.log_prior_paths().reshape(-1) + log_pz_y).logsumexp(-1)
 
     @torch.no_grad()
