@@ -16,14 +16,21 @@
 # the table into $OUT, never over the committed one), --out DIR (default runs/gpu; OUT= works
 # too). Commit benchmarks/results/gpu_throughput.csv (it names the GPU) and, if wanted,
 # $OUT/train-momix/metrics.json as benchmarks/results/gpu_train_momix.json.
+#
+# Python: .venv/bin/python if there is one, else python3 (PYTHON= chooses). A machine without
+# this project's packages and without a registry (the project's GPU image): run
+# `bash benchmarks/gpu_wheels.sh` here first and carry .whl/ there; this script then installs
+# the wheels into /tmp/site and puts it and the repository on PYTHONPATH. For example, with the
+# device tool: run(command="OUT=$OUT bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=540).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEVICE=cuda
 TINY=0
 OUT=${OUT:-runs/gpu}
-PYTHON=${PYTHON:-.venv/bin/python}
-PAPERMILL=${PAPERMILL:-$(dirname "$PYTHON")/papermill}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) DEVICE=$2; shift 2 ;;
@@ -35,6 +42,12 @@ done
 mkdir -p "$OUT"
 START=$(date +%s)
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1 HIERMIX_SCIB=0
+if [ -d .whl ] && ! "$PYTHON" -c "import pyro, scanpy, papermill" 2> /dev/null; then
+    echo "== installing the carried wheels (.whl) into /tmp/site"
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+"$PYTHON" -c "import hiermix_pyro" 2> /dev/null || export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 echo "== environment"
 {
@@ -54,7 +67,7 @@ fi
 echo "== the main job: momix on $DEVICE"
 SMOKE=()
 [ "$TINY" = 1 ] && SMOKE=(-p smoke_test True)
-"$PAPERMILL" notebooks/train.ipynb "$OUT/train-momix.ipynb" -p model momix -p device "$DEVICE" \
+"$PYTHON" -m papermill notebooks/train.ipynb "$OUT/train-momix.ipynb" -p model momix -p device "$DEVICE" \
     -p output_dir "$OUT/train-momix" "${SMOKE[@]}" --progress-bar
 "$PYTHON" -c "import json, sys; m = json.load(open(sys.argv[1])); print('device', m['device'], '| epochs', m['epochs'], '| s/epoch', round(m['seconds_per_epoch'], 3), '| finest ARI', round(m['levels'][-1]['ari'], 3))" "$OUT/train-momix/metrics.json"
 
