@@ -136,6 +136,23 @@ def test_backed_batches_visit_every_cell_once(h5ad):
     assert torch.equal(x, reference[[7, 3]])
 
 
+def test_backed_reads_sparse_positions_in_stretches(h5ad):
+    """Cells spread over the file are read a stretch at a time (4 x block_rows rows), not as
+    one range from the first to the last: the same counts, bounded memory."""
+    memory = load_dataset(h5ad, level_keys=LEVELS, backed=False)
+    backed = load_dataset(h5ad, level_keys=LEVELS, backed=True)
+    positions = np.sort(np.random.default_rng(0).choice(memory.n_obs, 50, replace=False))
+    blocks = RowBlocks(backed, block_rows=16)  # stretches of 64 rows
+    calls = []
+    with_read = blocks.read(positions[:1])  # opens the file
+    original = blocks._file.read
+    blocks._file.read = lambda a, b: calls.append(b - a) or original(a, b)
+    out = blocks.read(positions)
+    assert with_read.shape == (1, memory.n_vars) and max(calls) <= 64 and len(calls) > 1
+    assert (out != memory.X[positions]).nnz == 0
+    blocks.close()
+
+
 def test_backed_validation_reports_bad_counts(tmp_path):
     adata = simulate_large(200, branching=(2,), n_genes=20, seed=0)
     adata.X.data[5] = -1.0
