@@ -278,7 +278,7 @@ def collect(study: Study, runs_root="runs") -> pd.DataFrame:
     kind (model / peer), label, oracle_k, seed, the level's scores, the run's hierarchy scores,
     epochs, best_epoch, epochs_max and hit_ceiling (the run stopped at its epoch ceiling, not by
     early stopping), timings."""
-    rows = []
+    rows, stale = [], []
     for dataset, method, seed in study.runs():
         run_dir = Path(study.run_dir(dataset, method, seed, root=runs_root))
         path = run_dir / "metrics.json"
@@ -286,6 +286,9 @@ def collect(study: Study, runs_root="runs") -> pd.DataFrame:
             continue
         m = json.loads(path.read_text())
         provenance = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+        if problem := _parameter_mismatch(study, dataset, method, seed, provenance):
+            stale.append(f"{run_dir}: {problem}")
+            continue
         peer = PEERS.get(method)
         epochs_max = m.get("config", {}).get("train", {}).get("epochs")
         epochs = m.get("epochs")
@@ -316,7 +319,39 @@ def collect(study: Study, runs_root="runs") -> pd.DataFrame:
         )
         for level_index, level in enumerate(m["levels"], start=1):
             rows.append({**run, "level_index": level_index, **level})
+    if stale:
+        raise ValueError(
+            f"{len(stale)} finished run(s) of study {study.name} were made with other parameters than "
+            f"{study.path.name} gives them now (Snakemake never redoes a finished run, so their tables "
+            "would describe another configuration). Give a changed variant a new name, or delete these "
+            "run folders to redo them:\n  " + "\n  ".join(stale)
+        )
     return pd.DataFrame(rows)
+
+
+def _comparable(params: dict) -> dict:
+    """Parameters as JSON gives them back (tuples as lists), without the device: a run may move
+    between a CPU and a GPU and still be the same configuration."""
+    params = json.loads(json.dumps(params))
+    params.pop("device", None)
+    params.get("train", {}).pop("device", None)
+    return params
+
+
+def _parameter_mismatch(study: Study, dataset: str, method: str, seed: int, provenance: dict) -> str | None:
+    """Why a finished run does not belong to ``study`` as it reads now (None when it does): its
+    ``run.json`` is missing, or its recorded parameters differ from the study's for that run."""
+    if "parameters" not in provenance:
+        return "no run.json with its parameters: cannot tell which configuration made it"
+    if method in PEERS:
+        expected = dict(study.peer_arguments(dataset, seed), peers=provenance["parameters"].get("peers", [method]))
+    else:
+        expected = study.parameters(dataset, method, seed)
+    recorded, expected = _comparable(provenance["parameters"]), _comparable(expected)
+    keys = sorted(k for k in set(recorded) | set(expected) if recorded.get(k) != expected.get(k))
+    if not keys:
+        return None
+    return "; ".join(f"{k}: run {recorded.get(k)!r}, study {expected.get(k)!r}" for k in keys)
 
 
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:

@@ -108,7 +108,10 @@ def fake_run(root: Path, study, dataset, method, seed, ari, epochs=5, ceiling=10
         oracle_k=method == "pca_leiden",
     )
     (out / "metrics.json").write_text(json.dumps(metrics))
-    (out / "run.json").write_text(json.dumps(dict(commit="abc123")))
+    parameters = (
+        dict(study.peer_arguments(dataset, seed), peers=[method]) if peer else study.parameters(dataset, method, seed)
+    )
+    (out / "run.json").write_text(json.dumps(dict(commit="abc123", parameters=parameters)))
 
 
 @pytest.fixture
@@ -156,6 +159,27 @@ def test_summary_ci_and_mann_whitney_against_the_best_peer(finished):
     assert run_wide["level"].tolist() == ["all"] and run_wide["n"].tolist() == [3]
     assert summary.query("kind == 'peer'")["mannwhitney_p"].isna().all()
     assert summary.query("metric == 'iwae'")["mannwhitney_p"].isna().all()  # peers have no IWAE
+
+
+def test_collect_refuses_runs_made_with_other_parameters(finished):
+    """Snakemake never redoes a finished run: a variant whose settings changed under the same name
+    would keep its old runs, and the tables would describe a configuration that no longer exists."""
+    study, root = finished
+    run_json = Path(study.run_dir("sim", "vae", 1, root=str(root))) / "run.json"
+    record = json.loads(run_json.read_text())
+    record["parameters"]["lr"] = 0.01  # the run was made before the study's lr changed
+    run_json.write_text(json.dumps(record))
+    peer_json = Path(study.run_dir("sim", "pca_kmeans", 0, root=str(root))) / "run.json"
+    peer_json.unlink()  # a run without its record
+    with pytest.raises(ValueError, match="2 finished run") as err:
+        collect(study, runs_root=str(root))
+    assert "vae/seed1: lr: run 0.01, study None" in str(err.value) and "pca_kmeans/seed0: no run.json" in str(err.value)
+    record["parameters"]["lr"] = None
+    record["parameters"].pop("lr")
+    record["parameters"]["device"] = "cuda"  # the device is not part of the configuration
+    run_json.write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="1 finished run"):
+        collect(study, runs_root=str(root))
 
 
 def test_write_results_tables(finished, tmp_path):
