@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hiermix_pyro import bench, workflow
+from hiermix_pyro import workflow
 from hiermix_pyro.config import DataConfig, ModelConfig, TrainConfig, from_dict
 from hiermix_pyro.data import default_hierarchy, download_pbmc_purified, load_dataset, prepare, simulate_hierarchy
 from hiermix_pyro.models import build_model
@@ -190,7 +190,7 @@ def test_simulated_level_keys_choose_among_its_levels():
     assert levels_of(adata) == ["L1", "L3"] and adata.uns["hiermix"]["labels_key"] == "L3"
 
 
-# --- configuration: DataConfig, papermill strings, the benchmark runner ---------------------
+# --- configuration: DataConfig, papermill strings, the benchmark workflow's studies ---------
 
 
 def test_data_config_fields_and_checks():
@@ -210,24 +210,25 @@ def test_data_config_fields_and_checks():
         DataConfig(level_keys="cell_type")
 
 
-def test_bench_passes_the_hierarchy_on(monkeypatch, tmp_path):
-    seen = []
+def test_a_study_passes_the_hierarchy_on(tmp_path):
+    """A dataset of a benchmark study with its own hierarchy: the training runs and the peers
+    (their DataConfig) get it, as a papermill parameter and as a DataConfig field."""
+    from hiermix_pyro.study import load_study
 
-    def fake_run(name, data_config, model_config, train_config, output_dir, n_iwae_samples):
-        seen.append(data_config)
-        Path(output_dir).mkdir(parents=True)
-
-    monkeypatch.setattr(bench, "run", fake_run)
-    bench.run_grid(["vae"], [0], data=dict(dataset="user.h5ad", hierarchy=str(EXAMPLE)), out_dir=tmp_path / "a")
-    bench.run_grid(["vae"], [0], data=dict(dataset="user.h5ad", level_keys=["c", "f"]), out_dir=tmp_path / "b")
-    assert seen[0].hierarchy == str(EXAMPLE) and seen[1].level_keys == ("c", "f")
-    grids = []
-    monkeypatch.setattr(bench, "run_grid", lambda *a, **k: grids.append(k["data"]) or pd.DataFrame())
-    monkeypatch.setattr(bench, "summarise", lambda df: df)
-    bench.main(["--models", "vae", "--dataset", "user.h5ad", "--hierarchy", str(EXAMPLE), "--seeds", "0"])
-    bench.main(["--models", "vae", "--dataset", "user.h5ad", "--level-keys", "c", "f", "--seeds", "0"])
-    assert grids[0]["hierarchy"] == str(EXAMPLE) and grids[1]["level_keys"] == ("c", "f")
-    assert from_dict(DataConfig, grids[1]).level_keys == ("c", "f")
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "datasets:\n"
+        f"  table: {{dataset: user.h5ad, labels_key: cell_type, hierarchy: {EXAMPLE}}}\n"
+        "  columns: {dataset: user.h5ad, level_keys: [c, f]}\n"
+        "variants: {vae: {}}\n"
+        "peers: [pca_kmeans]\n"
+    )
+    study = load_study(path)
+    assert study.parameters("table", "vae", 0)["hierarchy"] == str(EXAMPLE)
+    assert from_dict(DataConfig, study.parameters("columns", "vae", 0)).level_keys == ("c", "f")
+    assert study.data_config("table", 0).hierarchy == str(EXAMPLE)
+    assert study.data_config("columns", 1).level_keys == ("c", "f")
+    assert study.peer_arguments("columns", 0)["data"]["level_keys"] == ("c", "f")
 
 
 # --- which model level was scored against which label level ---------------------------------
