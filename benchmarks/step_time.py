@@ -42,6 +42,8 @@ VARIANTS = [  # (label, model name, ModelConfig options, jit, compile_likelihood
     ("indmom", "indmom", {}, False, False),
     ("momix collapsed normal", "momix", dict(guide="collapsed", prior="normal"), False, False),
     ("momix collapsed studentt", "momix", dict(guide="collapsed", prior="studentt"), False, False),
+    # the same ELBO with y1..yL enumerated by Pyro in the model (the book's teaching form)
+    ("momix collapsed normal, enumerated", "momix", dict(guide="collapsed", sum_paths="enumerate"), False, False),
     ("momix structured normal", "momix", dict(guide="structured", prior="normal"), False, False),
     ("momix structured studentt", "momix", dict(guide="structured", prior="studentt"), False, False),
     ("momix structured normal (compiled)", "momix", dict(guide="structured", prior="normal"), False, True),

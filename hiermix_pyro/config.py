@@ -57,7 +57,8 @@ class ModelConfig:
     # -- hierarchical mixtures (momix, indmom) --
     level_sizes: tuple[int, ...] | None = None  # clusters per level, coarse to fine (None: classes per label level)
     prior: str = "normal"  # component family: normal | studentt (multivariate t, learned df)
-    guide: str = "collapsed"  # momix: collapsed (q(z|x), y enumerated in the model) | structured (q(y|x) q(z|x,y))
+    guide: str = "collapsed"  # momix: collapsed (q(z|x), y summed out in the model) | structured (q(y|x) q(z|x,y))
+    sum_paths: str = "closed_form"  # collapsed guide: closed_form (logsumexp over the [B, P] matrix) | enumerate (Pyro enumerates y1..yL in the model; the same ELBO, slower)
     init: str = (
         "vae_kmeans"  # components: vae_kmeans (VAE pre-training, nested k-means) | pca_kmeans (reference) | random
     )

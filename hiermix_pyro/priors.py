@@ -340,3 +340,51 @@ class ComponentDensity(TorchDistribution):
             chi2 = torch.distributions.Chi2(df).sample().unsqueeze(-1)  # [*sample, *batch, 1]
             eps = torch.randn(shape, dtype=loc.dtype, device=loc.device)
             return loc + scale * eps * (df.unsqueeze(-1) / chi2).sqrt()
+
+
+class PathMixture(TorchDistribution):
+    """p(z) = sum_p w_p f_p(z): the mixture over P components with the component summed out.
+
+    ``log_weights [P]`` (normalised), ``components``: a :class:`DiagComponents` built this step.
+    ``log_prob(z)`` is ``logsumexp_p(log w_p + log f_p(z))`` over the ``[..., B, P]`` matrix of
+    :meth:`DiagComponents.log_prob_matrix`: exactly what ``TraceEnum_ELBO`` computes when the
+    component index is a model site enumerated in parallel, without the enumeration machinery
+    (no discrete sites, no tensor contraction). The joint ``log w_p + log f_p(z)`` of the last z
+    is kept, so a model that needs the posterior p(c | z) of its own z site for a regulariser
+    (:meth:`log_posterior`) shares the matrix with ``log_prob``. ``sample``: a component from
+    the weights, then a draw from it, per cell.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+
+    def __init__(self, log_weights, components: DiagComponents, batch_size: int, validate_args=False):
+        self.log_weights, self.components = log_weights, components
+        self._memo = {}  # {"z": the last z, "joint": its [..., B, P] log w + log f}
+        super().__init__(torch.Size((batch_size,)), components.loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(PathMixture, _instance)
+        new.log_weights, new.components, new._memo = self.log_weights, self.components, self._memo
+        super(PathMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        return new
+
+    def log_joint(self, z):
+        """``log w_p + log f_p(z)``: ``[..., B, D] -> [..., B, P]``."""
+        if self._memo.get("z") is not z:
+            self._memo.update(z=z, joint=self.log_weights + self.components.log_prob_matrix(z))
+        return self._memo["joint"]
+
+    def log_prob(self, z):  # [..., B, D] -> [..., B]
+        return self.log_joint(z).logsumexp(-1)
+
+    def log_posterior(self, z):
+        """log p(c | z): ``[..., B, D] -> [..., B, P]``."""
+        return self.log_joint(z).log_softmax(-1)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)  # [*sample, *batch, D]
+        with torch.no_grad():
+            c = torch.distributions.Categorical(logits=self.log_weights).sample(shape[:-1])  # [*sample, *batch]
+            comp = self.components
+            return ComponentDensity(c, comp.loc, comp.scale, comp.df, validate_args=False).sample()

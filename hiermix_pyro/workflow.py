@@ -56,6 +56,7 @@ NOTEBOOK_PARAMETERS: tuple[str, ...] = (
     "level_sizes",
     "prior",
     "guide",
+    "sum_paths",
     "init",
     "init_epochs",
     "usage_lambda",

@@ -33,9 +33,10 @@ VARIANTS = [
 IDS = [f"{c.__name__}-{g}-{p}" for c, g, p in VARIANTS]
 
 
-def tiny(cls, guide="collapsed", prior="normal", levels=LEVELS, seed=0):
+def tiny(cls, guide="collapsed", prior="normal", levels=LEVELS, seed=0, sum_paths="closed_form"):
     torch.manual_seed(seed)
-    cfg = ModelConfig(latent_dim=3, hidden_dims=(8,), guide=guide, prior=prior)
+    extra = dict(sum_paths=sum_paths) if cls is MoMixVAE else {}
+    cfg = ModelConfig(latent_dim=3, hidden_dims=(8,), guide=guide, prior=prior, **extra)
     model = cls(G, 0, cfg, level_sizes=levels)
     with torch.no_grad():  # spread the components so the posteriors are not flat
         for p in model.parameters():
@@ -63,7 +64,9 @@ def test_sites_loss_and_step(cls, guide, prior, x):
         poutine.enum(poutine.replay(model.model, guide_trace), first_available_dim=-2)
     ).get_trace(x)
     ys = [f"y{l + 1}" for l in range(len(LEVELS))]
-    assert sample_names(model_trace) == (["k"] if cls is IndMoMVAE else []) + ys + ["z", "x"]
+    # momix's collapsed model sums y out in closed form (no y sites); indmom enumerates them
+    model_ys = ys if cls is IndMoMVAE or guide == "structured" else []
+    assert sample_names(model_trace) == (["k"] if cls is IndMoMVAE else []) + model_ys + ["z", "x"]
     assert sample_names(guide_trace) == (ys + ["z"] if guide == "structured" else ["z"])
     model_trace.compute_log_prob()
     assert model_trace.nodes["x"]["log_prob"].shape[-1] == B
@@ -160,9 +163,12 @@ def test_path_order_is_row_major():
         assert table.reshape(-1)[c] == table[ys]
 
 
-def test_collapsed_elbo_equals_brute_force(x):
-    """TraceEnum_ELBO (y enumerated in the model) = hand-written sum over paths, same z."""
-    model = tiny(MoMixVAE, "collapsed", "normal")
+@pytest.mark.parametrize("sum_paths", ["closed_form", "enumerate"])
+def test_collapsed_elbo_equals_brute_force(x, sum_paths):
+    """The collapsed ELBO, with y summed out in closed form or enumerated by Pyro in the model,
+    = hand-written sum over paths, same z."""
+    model = tiny(MoMixVAE, "collapsed", "normal", sum_paths=sum_paths)
+    assert model.enumerated == (sum_paths == "enumerate")
     pyro.set_rng_seed(3)
     loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model.model, model.guide, x)
     pyro.set_rng_seed(3)
@@ -335,8 +341,9 @@ def test_fit_with_discrete_warmup(jit):
 
 
 def test_cluster_posterior_matches_pyro_enumeration(x):
-    """p(y | z) computed by the model = TraceEnum_ELBO.compute_marginals for the same z."""
-    model = tiny(MoMixVAE, "collapsed", "normal")
+    """p(y | z) computed by the model = TraceEnum_ELBO.compute_marginals for the same z (Pyro
+    needs the y sites: the model with y enumerated, ``sum_paths="enumerate"``)."""
+    model = tiny(MoMixVAE, "collapsed", "normal", sum_paths="enumerate")
     pyro.set_rng_seed(5)
     marginals = TraceEnum_ELBO(max_plate_nesting=1).compute_marginals(model.model, model.guide, x)
     pyro.set_rng_seed(5)
@@ -429,3 +436,23 @@ def test_momix_recovers_simulated_tree():
     aris = [s["ari"] for s in scores]
     assert min(aris[:3]) > 0.99, aris  # the coarse levels are recovered exactly
     assert aris[3] > 0.9, aris  # 16 leaves: seeds 0-2 gave 0.96-0.98
+
+
+def test_path_mixture_is_the_summed_out_prior():
+    """PathMixture: log_prob = logsumexp over components of log w + log N, any leading dims;
+    samples have the batch and event shape; sum_paths is checked."""
+    from hiermix_pyro.priors import DiagComponents, PathMixture
+
+    torch.manual_seed(0)
+    loc, scale = torch.randn(6, 3), torch.rand(6, 3) + 0.5
+    log_w = torch.randn(6).log_softmax(-1)
+    pz = PathMixture(log_w, DiagComponents(loc, scale), batch_size=5)
+    z = torch.randn(7, 5, 3)
+    by_hand = (log_w + dist.Normal(loc, scale).log_prob(z.unsqueeze(-2)).sum(-1)).logsumexp(-1)
+    assert torch.allclose(pz.log_prob(z), by_hand, atol=1e-5)
+    assert torch.allclose(pz.log_posterior(z).exp().sum(-1), torch.ones(7, 5))
+    assert pz.sample((4,)).shape == (4, 5, 3) and pz.expand((2, 5)).sample().shape == (2, 5, 3)
+    with pytest.raises(ValueError, match="sum_paths one of"):
+        tiny(MoMixVAE, sum_paths="sometimes")
+    with pytest.raises(ValueError, match="sum_paths is for the collapsed guide"):
+        tiny(MoMixVAE, "structured", sum_paths="enumerate")

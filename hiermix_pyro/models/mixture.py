@@ -26,7 +26,7 @@ class MixtureVAE(MoMixVAE):
 
     Guides, both exact in y (see :class:`MoMixVAE` with L = 1):
 
-    - ``guide="collapsed"`` (the package default, as for momix): q(z | x), y enumerated in the model;
+    - ``guide="collapsed"`` (the package default, as for momix): q(z | x), y summed out in the model;
     - ``guide="structured"``: q(y | x) q(z | x, y), y enumerated in the guide: scVAE's GMVAE, whose
       decoder runs once per component. scVAE keeps p(y) uniform; here pi is learned, as in momix.
 
@@ -35,7 +35,7 @@ class MixtureVAE(MoMixVAE):
     """
 
     pyro_name = "mixture"
-    options = ("n_components", "prior", "guide", "init", "init_epochs", "usage_lambda")
+    options = ("n_components", "prior", "guide", "sum_paths", "init", "init_epochs", "usage_lambda")
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = 10):
         super().__init__(n_genes, n_batches, config, level_sizes=(n_components,))

@@ -21,11 +21,12 @@ from torch.nn import functional as F
 
 from ..config import ModelConfig
 from ..nn import Encoder, cat_broadcast
-from ..priors import ComponentDensity, DiagComponents, categorical_kl, path_index, take_enumerated
+from ..priors import ComponentDensity, DiagComponents, PathMixture, categorical_kl, path_index, take_enumerated
 from .base import CountModel, n_batches, n_classes
 
 GUIDES = ("collapsed", "structured")
 PRIORS = ("normal", "studentt")
+SUM_PATHS = ("closed_form", "enumerate")
 
 
 def register(name: str, module: nn.Module, only: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
@@ -61,13 +62,22 @@ class MoMixVAE(CountModel):
 
     pi_l, delta_l, a_l, sigma_y and nu_y are learned. Two guides, both exact in y:
 
-    - ``guide="collapsed"``: q(z | x) alone. y1..yL are enumerated in the *model*, so
-      TraceEnum_ELBO computes log sum_y p(y) p(z | y) exactly; the decoder runs once per z and
-      p(z | y) for all P paths is one ``[B, P]`` matrix (:class:`ComponentDensity`).
+    - ``guide="collapsed"``: q(z | x) alone. The model sums y1..yL out exactly: its z site has
+      the marginal log sum_y p(y) p(z | y), one logsumexp over the ``[B, P]`` matrix of all
+      path densities (:class:`PathMixture`, ``sum_paths="closed_form"``), or, with
+      ``sum_paths="enumerate"``, y1..yL are sites enumerated in the model and TraceEnum_ELBO
+      computes the same sum (:class:`ComponentDensity`; the book's teaching form, slower). The
+      decoder runs once per z.
     - ``guide="structured"``: q(y1 | x) q(yl | x, y<l) q(z | x, y), the y's enumerated in the
       guide (scVAE's scheme); the decoder runs once per path.
 
     Shapes (``Trace.format_shapes()``, B=4, levels 2/3, D=2, G=50), collapsed guide::
+
+        guide  z  dist      4 |  2
+        model  z  dist      4 |  2       log_prob 4     (y summed out: sum_paths="closed_form")
+               x  dist      4 | 50
+
+    collapsed guide, ``sum_paths="enumerate"``::
 
         guide  z  dist      4 |  2
         model  y1 dist      4 |         value  2 1     (enumerated in the model)
@@ -84,10 +94,15 @@ class MoMixVAE(CountModel):
                x  dist 3 2 4 | 50
     """
 
-    enumerated = True
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for the y's
     pyro_name = "momix"
-    options = ("level_sizes", "prior", "guide", "init", "init_epochs", "usage_lambda")
+    options = ("level_sizes", "prior", "guide", "sum_paths", "init", "init_epochs", "usage_lambda")
+
+    @property
+    def enumerated(self) -> bool:
+        """Whether TraceEnum_ELBO has y sites to enumerate: in the guide (structured) or in the
+        model (collapsed, ``sum_paths="enumerate"``); with ``"closed_form"`` the model has none."""
+        return self.config.guide == "structured" or self.config.sum_paths == "enumerate"
 
     def __init__(
         self,
@@ -97,10 +112,13 @@ class MoMixVAE(CountModel):
         level_sizes: tuple[int, ...] = (2, 4, 5, 9),
     ):
         super().__init__(n_genes, n_batches, config)
-        if config.guide not in GUIDES or config.prior not in PRIORS:
+        if config.guide not in GUIDES or config.prior not in PRIORS or config.sum_paths not in SUM_PATHS:
             raise ValueError(
-                f"guide must be one of {GUIDES} and prior one of {PRIORS}, got {config.guide!r}, {config.prior!r}"
+                f"guide must be one of {GUIDES}, prior one of {PRIORS} and sum_paths one of {SUM_PATHS}, "
+                f"got {config.guide!r}, {config.prior!r}, {config.sum_paths!r}"
             )
+        if config.guide == "structured" and config.sum_paths != "closed_form":
+            raise ValueError("sum_paths is for the collapsed guide: the structured guide enumerates y in the guide")
         self.level_sizes = tuple(int(k) for k in level_sizes)
         Ks, D, L = self.level_sizes, config.latent_dim, len(level_sizes)
         # p(yl | y<l): logits per prefix, [K1, ..., K(l-1), Kl]; uniform at initialisation
@@ -175,18 +193,29 @@ class MoMixVAE(CountModel):
             if beta_y is not None and not collapsed:  # KL weight beta_y on the discrete part
                 pyro.factor("kl_y", (beta - beta_y) * self.kl_y(x, s))  # [B]
             with poutine.scale(scale=beta):
-                ys = []
-                for l, logits in enumerate(self.prior_logits):
-                    # (no argument validation: the logits are the model's own parameters, never NaN unless
-                    # training diverged, which fit() reports; it costs a check per site and step)
-                    p_yl = dist.Categorical(logits=take_enumerated(logits, ys), validate_args=False)
-                    ys.append(pyro.sample(f"y{l + 1}", p_yl, infer=enum))  # [Kl, 1, ..., 1] when enumerated
-                # p(z | y1..yL): the component of the whole path (log_prob: [KL, ..., K1, B])
-                pz = ComponentDensity(tuple(ys), loc, scale, df, x.shape[0], self.level_sizes, components=components)
-                z = pyro.sample("z", pz)
+                if collapsed and self.config.sum_paths == "closed_form":
+                    # p(z) = sum_y p(y1..yL) p(z | y): y summed out in one logsumexp over the [B, P] matrix
+                    log_prior = self.log_prior_paths().reshape(-1) if log_prior is None else log_prior  # [P]
+                    pz = PathMixture(log_prior, components, x.shape[0])
+                    z = pyro.sample("z", pz)  # log_prob: [B]
+                else:
+                    ys = []
+                    for l, logits in enumerate(self.prior_logits):
+                        # (no argument validation: the logits are the model's own parameters, never NaN unless
+                        # training diverged, which fit() reports; it costs a check per site and step)
+                        p_yl = dist.Categorical(logits=take_enumerated(logits, ys), validate_args=False)
+                        ys.append(pyro.sample(f"y{l + 1}", p_yl, infer=enum))  # [Kl, 1, ..., 1] when enumerated
+                    # p(z | y1..yL): the component of the whole path (log_prob: [KL, ..., K1, B])
+                    pz = ComponentDensity(
+                        tuple(ys), loc, scale, df, x.shape[0], self.level_sizes, components=components
+                    )
+                    z = pyro.sample("z", pz)
             pyro.sample("x", self.px(z, x, s), obs=x)  # [K?, B, G]
             if collapsed and log_prior is not None:  # p(y | z) [B, P], from the z site's own [B, P] matrix
-                log_post = (log_prior + pz.log_prob_matrix(z)).log_softmax(-1)
+                if isinstance(pz, PathMixture):
+                    log_post = pz.log_posterior(z)
+                else:
+                    log_post = (log_prior + pz.log_prob_matrix(z)).log_softmax(-1)
             if beta_y is not None and collapsed:
                 pyro.factor("kl_y", (beta - beta_y) * categorical_kl(log_post, log_prior))  # [B]
         if usage_lambda and collapsed:
