@@ -1,0 +1,501 @@
+"""The results page's figures and tables (``notebooks/benchmark.md``), drawn only from the
+benchmark workflow's files.
+
+A study's tables are ``<study>.csv`` (one row per run and label level) and ``<study>_summary.csv``
+(per dataset, method, level and metric: n, mean, the t-based 95% CI, the one-sided Mann-Whitney
+test of each model against the best peer), written by ``make bench STUDY=<study>`` (the collect
+rule, :func:`hiermix_pyro.study.write_results`) into ``benchmarks/results/studies/``, or into the
+folder named by the environment variable ``HIERMIX_RESULTS_DIR``. Nothing here computes a score:
+every number shown is a cell of those files.
+
+- :func:`level_figure`: per level, the mean and its 95% CI of ARI and NMI, and the whole
+  hierarchy's scores, every method of one dataset on one axis per panel (peers in grey, hollow).
+- :func:`compact_table`: one row per method, cells ``mean ± half-width of the CI (n=...)`` and,
+  for our models, the Mann-Whitney p against the best peer.
+- :func:`settings_figure`, :func:`settings_table`: the VMM's used clusters and NMI against batch
+  size and EM learning rate (the ``eb_sweep`` study).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from . import plotting
+from .study import RESULTS_DIR as STUDY_RESULTS_DIR
+from .study import load_study
+
+SPEED_DIR = STUDY_RESULTS_DIR.parent  # benchmarks/results: the speed scripts' tables
+NAMES = {
+    "ari": "ARI",
+    "nmi": "NMI",
+    "weighted_f1": "weighted F1",
+    "purity": "purity",
+    "accuracy": "accuracy",
+    "utilized_clusters": "used clusters",
+    "h_f1": "hierarchical F1",
+    "h_precision": "hierarchical precision",
+    "h_recall": "hierarchical recall",
+    "dendrogram_purity": "dendrogram purity",
+    "iwae": "IWAE",
+    "epochs": "epochs",
+}
+RUN_LEVEL = "all"  # the summary's level of run-wide metrics (hierarchy scores, IWAE, epochs)
+PEER_MARKERS = ("s", "D", "^", "v", "P", "X")
+PEER_GREYS = ("0.15", "0.45", "0.3", "0.6", "0.2", "0.5")
+# the page's text column is about 7 inches wide at 1280 px: figures of that width, fonts that stay legible
+FIG_WIDTH = 7.5
+FONT = {
+    "font.size": 12,
+    "axes.titlesize": 13,
+    "axes.labelsize": 12,
+    "xtick.labelsize": 11.5,
+    "ytick.labelsize": 11.5,
+    "legend.fontsize": 11.5,
+}
+
+
+def results_dir() -> Path:
+    """Where the study tables are read: ``$HIERMIX_RESULTS_DIR``, else benchmarks/results/studies."""
+    return Path(os.environ.get("HIERMIX_RESULTS_DIR") or STUDY_RESULTS_DIR)
+
+
+def command(name: str) -> str:
+    return f"make bench STUDY={name}"
+
+
+def load_study_tables(name: str, folder: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """``(summary, runs)`` of study ``name``, or None when its summary does not exist (not run yet)."""
+    folder = Path(folder) if folder is not None else results_dir()
+    summary, runs = folder / f"{name}_summary.csv", folder / f"{name}.csv"
+    if not summary.exists() or summary.stat().st_size == 0:
+        return None
+    s = pd.read_csv(summary)
+    if s.empty:
+        return None
+    r = pd.read_csv(runs) if runs.exists() and runs.stat().st_size > 0 else pd.DataFrame()
+    try:  # the study file's order of methods (the summary's is alphabetical)
+        s = order_methods(s, load_study(name).methods)
+    except (FileNotFoundError, ValueError):
+        pass
+    return s, r
+
+
+def order_methods(summary: pd.DataFrame, order) -> pd.DataFrame:
+    """``summary`` with its methods in ``order`` (those not in it last), otherwise as it was."""
+    rank = {m: i for i, m in enumerate(order)}
+    key = summary["method"].map(rank).fillna(len(rank))
+    return summary.iloc[np.argsort(key.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def not_run(name: str) -> str:
+    """The one line shown for a study whose tables do not exist."""
+    return f"The study `{name}` has not been run yet: `{command(name)}` (benchmarks/studies/{name}.yaml)."
+
+
+def source(name: str, summary: pd.DataFrame, folder: str | Path | None = None) -> str:
+    """Which study, commit(s), file and command a figure or table comes from."""
+    folder = Path(folder) if folder is not None else results_dir()
+    study_file = summary["study"].iloc[0] if "study" in summary else f"benchmarks/studies/{name}.yaml"
+    recorded = summary["commit"].dropna().unique() if "commit" in summary else []
+    commits = sorted({c[:7] + ("-dirty" if c.endswith("-dirty") else "") for s in recorded for c in str(s).split(";")})
+    try:
+        table = (folder / f"{name}_summary.csv").resolve().relative_to(STUDY_RESULTS_DIR.parents[2])
+    except ValueError:
+        table = folder / f"{name}_summary.csv"
+    commit = ", ".join(commits) or "unknown"
+    return f"Study `{name}` ({study_file}, runs of commit {commit}): `{table}`, made by `{command(name)}`."
+
+
+# ---- table cells ----
+def half_width(low: float, high: float) -> float:
+    return (high - low) / 2 if not (pd.isna(low) or pd.isna(high)) else math.nan
+
+
+def format_cell(mean: float, low: float, high: float, n: int, digits: int = 3) -> str:
+    """``mean ± half-width of the 95% CI (n=...)``; ``mean (n=1)`` without an interval (one seed,
+    where the summary's CI is NaN); empty for a missing mean."""
+    if pd.isna(mean):
+        return ""
+    hw = half_width(low, high)
+    if int(n) < 2 or pd.isna(hw):
+        return f"{mean:.{digits}f} (n={int(n)})"
+    return f"{mean:.{digits}f} ± {hw:.{digits}f} (n={int(n)})"
+
+
+def format_p(p: float) -> str:
+    """A Mann-Whitney p for a table cell; empty where there is none."""
+    if pd.isna(p):
+        return ""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
+def levels_of(summary: pd.DataFrame, dataset: str) -> list[str]:
+    """The dataset's label levels, coarse to fine, in the summary's order (without ``all``)."""
+    levels = summary.loc[summary["dataset"].eq(dataset), "level"].astype(str)
+    return [lvl for lvl in dict.fromkeys(levels) if lvl != RUN_LEVEL]
+
+
+def methods_of(summary: pd.DataFrame, dataset: str | None = None) -> pd.DataFrame:
+    """One row per method (models first, then peers, each in the study's order): method, kind,
+    label, oracle_k, n_hit_ceiling, n (the most seeds of any of its scores)."""
+    d = summary if dataset is None else summary[summary["dataset"].eq(dataset)]
+    n = d.groupby("method", sort=False)["n"].max()
+    out = d.drop_duplicates("method")[["method", "kind", "label", "oracle_k", "n_hit_ceiling"]].copy()
+    out["n"] = out["method"].map(n).astype(int)
+    out["_peer"] = out["kind"].eq("peer")
+    return out.sort_values("_peer", kind="stable").drop(columns="_peer").reset_index(drop=True)
+
+
+def default_columns(summary: pd.DataFrame, dataset: str) -> list[tuple[str, str]]:
+    """(metric, level) columns of a dataset's table: ARI at every level, the hierarchical F1 and
+    dendrogram purity of the whole hierarchy (NMI is in the figure; a wider table would not fit
+    the page)."""
+    levels = levels_of(summary, dataset)
+    return [*[("ari", lvl) for lvl in levels], ("h_f1", RUN_LEVEL), ("dendrogram_purity", RUN_LEVEL)]
+
+
+def column_name(metric: str, level: str) -> str:
+    return NAMES.get(metric, metric) + ("" if level == RUN_LEVEL else f" {level}")
+
+
+def _tested(row, cells: dict) -> bool:
+    """A model's Mann-Whitney p is shown where it can say something: at least two seeds of the
+    model and of the best peer (with one each, p cannot fall below 0.5)."""
+    peer = cells.get((row.get("best_peer"), row["metric"], str(row["level"])))
+    return row["n"] >= 2 and peer is not None and peer["n"] >= 2
+
+
+def compact_table(summary: pd.DataFrame, dataset: str, columns=None, digits: int = 3) -> pd.DataFrame:
+    """One row per method of ``dataset`` (index: its label, ``†`` when some of its runs stopped at
+    the epoch ceiling), one column per (metric, level); cells from :func:`format_cell`, and for our
+    models a second line with the one-sided Mann-Whitney p against the best peer. Rows and columns
+    without a single value are left out."""
+    d = summary[summary["dataset"].eq(dataset)]
+    columns = list(columns) if columns is not None else default_columns(summary, dataset)
+    methods = methods_of(summary, dataset)
+    cells = {(r["method"], r["metric"], str(r["level"])): r for _, r in d.iterrows()}
+    rows = {}
+    for _, m in methods.iterrows():
+        row = {}
+        for metric, level in columns:
+            r = cells.get((m["method"], metric, level))
+            if r is None:
+                row[column_name(metric, level)] = ""
+                continue
+            text = format_cell(r["mean"], r["ci95_low"], r["ci95_high"], r["n"], digits)
+            p = format_p(r.get("mannwhitney_p", math.nan)) if text and _tested(r, cells) else ""
+            row[column_name(metric, level)] = text + (f"\n{p}" if p else "")
+        label = m["label"] + (" †" if m["n_hit_ceiling"] > 0 else "")
+        rows[label] = row
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=[column_name(*c) for c in columns])
+    table = table.loc[table.ne("").any(axis=1), table.ne("").any(axis=0)]
+    table.index.name = "method"
+    return table
+
+
+def ceiling_notes(summary: pd.DataFrame, dataset: str | None = None) -> list[str]:
+    """``† method: k of n runs stopped at the epoch ceiling`` for each method that has such runs."""
+    methods = methods_of(summary, dataset)
+    return [
+        f"† {r['label']}: {int(r['n_hit_ceiling'])} of {r['n']} runs stopped at the epoch ceiling, "
+        "not by early stopping (not converged)."
+        for _, r in methods.iterrows()
+        if r["n_hit_ceiling"] > 0
+    ]
+
+
+def training_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our models' IWAE (nats per test cell) and training epochs, per dataset: rows (dataset,
+    method), cells as :func:`format_cell`; methods without either are left out."""
+    d = summary[summary["kind"].eq("model") & summary["level"].astype(str).eq(RUN_LEVEL)]
+    d = d[d["metric"].isin(["iwae", "epochs"])]
+    if d.empty:
+        return pd.DataFrame()
+    d = d.assign(
+        cell=[
+            format_cell(r.mean, r.ci95_low, r.ci95_high, r.n, 1 if r.metric == "iwae" else 0) for r in d.itertuples()
+        ],
+        column=d["metric"].map({"iwae": "IWAE (nats per test cell)", "epochs": "epochs"}),
+        ceiling=d["n_hit_ceiling"].astype(int),
+    )
+    wide = d.pivot_table(index=["dataset", "label"], columns="column", values="cell", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=[c for c in ("IWAE (nats per test cell)", "epochs") if c in wide])
+    ceiling = d.drop_duplicates(["dataset", "label"]).set_index(["dataset", "label"])["ceiling"]
+    wide["runs at the epoch ceiling"] = ceiling.reindex(wide.index).astype(int)
+    wide.columns.name = None
+    wide.index = wide.index.set_names(["dataset", "method"])
+    return wide.fillna("")
+
+
+def _two_lines(cell) -> str:
+    """``0.812 ± 0.034 (n=10)\np = 0.003`` -> ``0.812 ± 0.034`` (never broken) over
+    ``n=10, p = 0.003``: a narrow column on the page."""
+    if not isinstance(cell, str) or " (n=" not in cell:
+        return cell
+    value, _, rest = cell.partition(" (n=")
+    n, _, p = rest.partition(")")
+    second = f"n={n}" + (f", {p.strip()}" if p.strip() else "")
+    return value.replace(" ", "\u00a0") + "\n" + second
+
+
+def styled(table: pd.DataFrame):
+    """``table`` for display: each cell's value on one line and its n (and p) on the next, cells
+    left-aligned, in a slightly smaller font, and row names that may break after an underscore,
+    so that a dataset's table fits the page."""
+    breakable = table.map(_two_lines).rename(  # long variant names may break after an underscore
+        index=lambda label: label.replace("_", "_\u200b") if isinstance(label, str) else label
+    )
+    return breakable.style.set_properties(
+        **{"white-space": "pre-line", "text-align": "left", "font-size": "0.85em", "padding": "0.15em 0.35em"}
+    ).set_table_styles([{"selector": "th", "props": [("font-size", "0.85em"), ("padding", "0.15em 0.35em")]}])
+
+
+# ---- figures ----
+def method_styles(methods: pd.DataFrame) -> dict[str, dict]:
+    """Our models: filled circles in the book's qualitative colours; peers: hollow grey markers
+    of distinct shapes. Legend labels carry n (seeds)."""
+    styles, i_model, i_peer = {}, 0, 0
+    for _, m in methods.iterrows():
+        label = f"{m['label']} (n={m['n']})"
+        if m["kind"] == "peer":
+            grey = PEER_GREYS[i_peer % len(PEER_GREYS)]
+            styles[m["method"]] = dict(
+                marker=PEER_MARKERS[i_peer % len(PEER_MARKERS)], color=grey, mfc="white", mec=grey, label=label
+            )
+            i_peer += 1
+        else:
+            color = plotting.QUALITATIVE[i_model % len(plotting.QUALITATIVE)]
+            styles[m["method"]] = dict(marker="o", color=color, mfc=color, mec=color, label=label)
+            i_model += 1
+    return styles
+
+
+def _points(ax, data: pd.DataFrame, xs: list[str], methods: pd.DataFrame, styles: dict) -> None:
+    """Mean and 95% CI of each method at each x (``data``: the summary rows of one metric or of
+    the run-wide metrics, with column ``x``), the methods side by side around each x."""
+    k = len(methods)
+    width = min(0.8, 0.08 * k)
+    offsets = np.linspace(-width / 2, width / 2, k) if k > 1 else np.zeros(1)
+    for offset, (_, m) in zip(offsets, methods.iterrows()):
+        d = data[data["method"].eq(m["method"])].set_index("x").reindex(xs)
+        pos = np.arange(len(xs)) + offset
+        low = (d["mean"] - d["ci95_low"]).clip(lower=0).fillna(0)
+        high = (d["ci95_high"] - d["mean"]).clip(lower=0).fillna(0)
+        s = styles[m["method"]]
+        ax.errorbar(
+            pos, d["mean"], yerr=[low, high], fmt="none", ecolor=s["color"], elinewidth=1.2, capsize=2, zorder=2
+        )
+        ax.plot(
+            pos, d["mean"], linestyle="none", marker=s["marker"], ms=6, mfc=s["mfc"], mec=s["mec"], mew=1.3, zorder=3
+        )
+    ax.set_xticks(range(len(xs)), xs)
+    ax.set_xlim(-0.6, len(xs) - 0.4)
+
+
+def level_figure(
+    summary: pd.DataFrame,
+    dataset: str,
+    metrics=("ari", "nmi"),
+    run_metrics=("h_f1", "dendrogram_purity"),
+    width: float = FIG_WIDTH,
+) -> Figure | None:
+    """One panel per metric of ``metrics`` (x: the label levels, coarse to fine) and one of the
+    whole hierarchy's ``run_metrics`` (x: the metric): mean with its 95% CI, every method of
+    ``dataset`` on the same axes (peers grey and hollow; Leiden's label says it is told k). None
+    when the dataset has none of these scores."""
+    import matplotlib.pyplot as plt
+
+    d = summary[summary["dataset"].eq(dataset)].assign(level=lambda x: x["level"].astype(str))
+    levels = levels_of(summary, dataset)
+    panels = [
+        (NAMES[m], d[d["metric"].eq(m) & d["level"].ne(RUN_LEVEL)].assign(x=lambda x: x["level"]), levels)
+        for m in metrics
+    ]
+    run = d[d["metric"].isin(run_metrics) & d["level"].eq(RUN_LEVEL)]
+    short = {m: NAMES[m].replace(" ", "\n", 1) for m in run_metrics}  # two lines: the panel is narrow
+    run_xs = [short[m] for m in run_metrics if m in set(run["metric"])]
+    panels.append(("whole hierarchy", run.assign(x=run["metric"].map(short)), run_xs))
+    panels = [p for p in panels if len(p[1]) and p[2]]
+    if not panels:
+        return None
+    methods = methods_of(summary, dataset)
+    methods = methods[methods["method"].isin(pd.concat([p[1] for p in panels])["method"])]
+    styles = method_styles(methods)
+    ratios = [max(len(xs), 1.6) if title != "whole hierarchy" else 2.2 * len(xs) for title, _, xs in panels]
+    with plt.rc_context(FONT):
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(width, 3.6), squeeze=False, sharey=True, gridspec_kw=dict(width_ratios=ratios)
+        )
+        for ax, (title, data, xs) in zip(axes[0], panels):
+            _points(ax, data, xs, methods, styles)
+            ax.set_title(title)
+            if title == "whole hierarchy":  # two long names side by side
+                ax.tick_params(axis="x", labelsize=10)
+            ax.axhline(0, color="0.8", linewidth=0.8, zorder=1)
+        # every score here is at most 1 (ARI can be negative): a t interval of few seeds that
+        # reaches past the possible range is cut at the frame
+        lowest = min(0.0, *(p[1]["mean"].min() for p in panels))
+        axes[0, 0].set_ylim(max(lowest - 0.1, -1.0), 1.05)
+        axes[0, 0].set_ylabel("mean, 95% CI")
+        levels_text = "levels coarse to fine" if len(levels) > 1 else "one level"
+        axes[0, 0].set_xlabel(levels_text)
+        handles = [
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker=s["marker"],
+                ms=7,
+                mfc=s["mfc"],
+                mec=s["mec"],
+                mew=1.3,
+                label=s["label"],
+            )
+            for s in styles.values()
+        ]
+        ncol = 2 if len(handles) > 3 else len(handles)
+        fig.suptitle(dataset, x=0.01, ha="left", fontweight="bold")
+        fig.tight_layout()
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=ncol, frameon=False)
+    return fig
+
+
+SETTING = re.compile(r"bs(?P<batch_size>\d+)_emlr(?P<em_lr>[0-9.eE+-]+)$")
+
+
+def settings_of(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows of the variants named ``<model>_bs<batch size>_emlr<rate>`` (eb_sweep), at
+    each dataset's finest level, with columns batch_size and em_lr parsed from the name."""
+    found = summary["method"].str.extract(SETTING)
+    d = summary.assign(batch_size=pd.to_numeric(found["batch_size"]), em_lr=pd.to_numeric(found["em_lr"]))
+    d = d[d["batch_size"].notna()]
+    finest = {ds: (levels_of(summary, ds) or [None])[-1] for ds in d["dataset"].unique()}
+    d = d[d["level"].astype(str).eq(d["dataset"].map(finest))]
+    return d.assign(batch_size=d["batch_size"].astype(int), level=d["level"].astype(str))
+
+
+def n_classes(runs: pd.DataFrame, dataset: str, level: str) -> int | None:
+    """The number of classes at a level, from the study's run table (None if it is not there)."""
+    if runs.empty or "n_classes" not in runs:
+        return None
+    v = runs.loc[runs["dataset"].eq(dataset) & runs["level"].astype(str).eq(level), "n_classes"]
+    return int(v.iloc[0]) if len(v) else None
+
+
+def settings_figure(
+    summary: pd.DataFrame,
+    runs: pd.DataFrame | None = None,
+    metrics=("utilized_clusters", "nmi"),
+    width: float = FIG_WIDTH,
+) -> Figure | None:
+    """Per dataset (rows) and metric (columns): the finest level's mean against the EM learning
+    rate (log axis), one line per batch size; the number of cell types as a dotted line in the
+    used-clusters panels. None when no variant name carries the settings."""
+    import matplotlib.pyplot as plt
+
+    d = settings_of(summary)
+    d = d[d["metric"].isin(metrics)]
+    if d.empty:
+        return None
+    runs = runs if runs is not None else pd.DataFrame()
+    datasets = list(dict.fromkeys(d["dataset"]))
+    batch_sizes = sorted(d["batch_size"].unique())
+    colors = dict(zip(batch_sizes, plotting.QUALITATIVE))
+    with plt.rc_context(FONT):
+        fig, axes = plt.subplots(
+            len(datasets), len(metrics), figsize=(width, 3.0 * len(datasets)), squeeze=False, sharex=True
+        )
+        for i, dataset in enumerate(datasets):
+            for j, metric in enumerate(metrics):
+                ax = axes[i, j]
+                for bs in batch_sizes:
+                    g = d[d["dataset"].eq(dataset) & d["metric"].eq(metric) & d["batch_size"].eq(bs)].sort_values(
+                        "em_lr"
+                    )
+                    if g.empty:
+                        continue
+                    n = int(g["n"].max())
+                    low = (g["mean"] - g["ci95_low"]).clip(lower=0).fillna(0)
+                    high = (g["ci95_high"] - g["mean"]).clip(lower=0).fillna(0)
+                    ax.errorbar(
+                        g["em_lr"],
+                        g["mean"],
+                        yerr=[low, high],
+                        marker="o",
+                        color=colors[bs],
+                        capsize=2,
+                        label=f"batch {bs} (n={n})",
+                    )
+                level = d.loc[d["dataset"].eq(dataset), "level"].iloc[0]
+                k = n_classes(runs, dataset, level)
+                title = f"{dataset}: {NAMES.get(metric, metric)}, {level}"
+                if metric == "utilized_clusters":
+                    if k:
+                        ax.axhline(k, color="0.4", linestyle=":")
+                        title += f"\n(dotted: its {k} cell types)"
+                    ax.set_ylim(bottom=0)
+                ax.set_xscale("log")
+                ax.set_title(title)
+                if i == len(datasets) - 1:
+                    ax.set_xlabel("EM learning rate (em_lr)")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.tight_layout()
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels), frameon=False)
+    return fig
+
+
+def settings_table(summary: pd.DataFrame, metrics=("utilized_clusters", "nmi", "ari"), digits: int = 3) -> pd.DataFrame:
+    """Rows (dataset, batch size, em_lr), columns the finest level's ``metrics``, cells as
+    :func:`format_cell`; the runs that stopped at the epoch ceiling counted in the last column."""
+    d = settings_of(summary)
+    d = d[d["metric"].isin(metrics)]
+    if d.empty:
+        return pd.DataFrame()
+    d = d.assign(
+        cell=[format_cell(r.mean, r.ci95_low, r.ci95_high, r.n, digits) for r in d.itertuples()],
+        column=[f"{NAMES.get(m, m)} {lvl}" for m, lvl in zip(d["metric"], d["level"])],
+    )
+    index = ["dataset", "batch_size", "em_lr"]
+    wide = d.pivot_table(index=index, columns="column", values="cell", aggfunc="first", sort=True)
+    order = [c for m in metrics for c in dict.fromkeys(d.loc[d["metric"].eq(m), "column"])]
+    wide = wide.reindex(columns=order)
+    ceiling = d.drop_duplicates(index).set_index(index)["n_hit_ceiling"].astype(int)
+    wide["runs at the epoch ceiling"] = ceiling.reindex(wide.index)
+    wide = wide.fillna("")
+    wide.index = wide.index.set_names(["dataset", "batch size", "em_lr"])
+    return wide
+
+
+# ---- the speed scripts' tables ----
+def read_speed_table(name: str, folder: str | Path | None = None) -> pd.DataFrame | None:
+    """``benchmarks/results/<name>`` (a speed script's table), or None when it does not exist."""
+    path = Path(folder or SPEED_DIR) / name
+    return pd.read_csv(path) if path.exists() else None
+
+
+def datasets_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset of a study's run table: cells, genes and classes per level (coarse to fine)."""
+    if runs.empty or not {"n_cells", "n_genes", "n_classes"} <= set(runs):
+        return pd.DataFrame()
+    out = {}
+    for dataset, d in runs.groupby("dataset", sort=False):
+        first = d[d["n_cells"].notna()]
+        if first.empty:
+            continue
+        first = first[first["seed"].eq(first["seed"].iloc[0]) & first["method"].eq(first["method"].iloc[0])]
+        out[dataset] = {
+            "cells": int(first["n_cells"].iloc[0]),
+            "genes": int(first["n_genes"].iloc[0]),
+            "levels": ", ".join(f"{lvl} ({int(k)})" for lvl, k in zip(first["level"], first["n_classes"])),
+        }
+    table = pd.DataFrame.from_dict(out, orient="index")
+    table.index.name = "dataset"
+    return table

@@ -1,0 +1,146 @@
+"""The results page's figures and tables (hiermix_pyro.report) on small summaries made by
+hiermix_pyro.study.summarise from hand-made run tables: cells, dropped rows and columns, the
+epoch-ceiling flag, the figures, the eb_sweep settings parsed from variant names."""
+
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from hiermix_pyro import report
+from hiermix_pyro.study import summarise
+
+matplotlib.use("Agg")
+
+PEER_LABELS = {"pca_leiden": "scanpy PCA + Leiden (oracle k)", "pca_kmeans": "scanpy PCA + k-means (k)"}
+
+
+def runs_table(
+    methods=("vae", "momix", "pca_leiden", "pca_kmeans"), seeds=(0, 1, 2), levels=("L1", "L2"), dataset="sim"
+):
+    """A tidy table as hiermix_pyro.study.collect writes it: one row per run and level."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, method in enumerate(methods):
+        peer = method in PEER_LABELS
+        for seed in seeds:
+            run = dict(
+                dataset=dataset,
+                method=method,
+                kind="peer" if peer else "model",
+                label=PEER_LABELS.get(method, method),
+                oracle_k=method == "pca_leiden",
+                seed=seed,
+                h_f1=0.5 + 0.05 * i + 0.01 * rng.standard_normal(),
+                h_precision=0.6,
+                h_recall=0.7,
+                dendrogram_purity=0.6 + 0.01 * rng.standard_normal(),
+                iwae=np.nan if peer else -100.0 - rng.random(),
+                epochs=np.nan if peer else 40 + seed,
+                hit_ceiling=method == "momix" and seed == 0,
+            )
+            for j, level in enumerate(levels):
+                rows.append(
+                    dict(
+                        run,
+                        level=level,
+                        n_classes=2 * (j + 1),
+                        ari=0.3 + 0.1 * i + 0.02 * rng.standard_normal(),
+                        nmi=0.4 + 0.05 * i + 0.02 * rng.standard_normal(),
+                        weighted_f1=np.nan,  # a metric nobody has: its column must not appear
+                        utilized_clusters=2.0 * (j + 1),
+                    )
+                )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def summary():
+    """The study's order of methods (summarise sorts them by name)."""
+    return report.order_methods(summarise(runs_table()), ["vae", "momix", "pca_leiden", "pca_kmeans"])
+
+
+def test_format_cell_single_seed_has_no_interval():
+    assert report.format_cell(0.5, np.nan, np.nan, 1) == "0.500 (n=1)"
+    assert report.format_cell(0.5, 0.4, 0.7, 3) == "0.500 ± 0.150 (n=3)"
+    assert report.format_cell(np.nan, np.nan, np.nan, 0) == ""
+    assert report.format_p(0.0004) == "p < 0.001" and report.format_p(0.0312) == "p = 0.031"
+    assert report.format_p(math.nan) == ""
+
+
+def test_compact_table_cells_rows_and_columns(summary):
+    table = report.compact_table(summary, "sim")
+    assert list(table.columns) == ["ARI L1", "ARI L2", "hierarchical F1", "dendrogram purity"]
+    assert list(table.index) == ["vae", "momix †", "scanpy PCA + Leiden (oracle k)", "scanpy PCA + k-means (k)"]
+    text = " ".join(table.to_numpy().ravel())
+    assert "± 0.0 " not in text and "nan" not in text and "(n=3)" in text
+    assert "p = " in table.loc["vae", "ARI L1"] and "p" not in table.loc["scanpy PCA + k-means (k)", "ARI L1"]
+    wide = report.compact_table(summary, "sim", columns=[("weighted_f1", "L1"), ("ari", "L1")])
+    assert list(wide.columns) == ["ARI L1"]  # an all-empty column is dropped
+    assert report.ceiling_notes(summary, "sim") == [
+        "† momix: 1 of 3 runs stopped at the epoch ceiling, not by early stopping (not converged)."
+    ]
+
+
+def test_single_seed_rows_show_n_and_no_p():
+    one = summarise(runs_table(seeds=(0,)))
+    table = report.compact_table(one, "sim")
+    cells = table.to_numpy().ravel()
+    assert all(c.endswith("(n=1)") for c in cells) and not any("±" in c or "p" in c for c in cells)
+
+
+def test_rows_without_a_value_are_dropped(summary):
+    extra = summary[summary["method"].eq("vae")].assign(method="empty", label="empty", mean=np.nan)
+    table = report.compact_table(pd.concat([summary, extra]), "sim")
+    assert "empty" not in table.index and len(table) == 4
+
+
+def test_training_table_models_only(summary):
+    table = report.training_table(summary)
+    assert list(table.index.get_level_values("method")) == ["vae", "momix"]
+    assert table.loc[("sim", "momix"), "runs at the epoch ceiling"] == 1
+
+
+def test_level_figure_draws_every_method(summary):
+    fig = report.level_figure(summary, "sim")
+    assert [ax.get_title() for ax in fig.axes] == ["ARI", "NMI", "whole hierarchy"]
+    assert fig.get_size_inches()[0] <= 10  # not wider than the page
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == [
+        "vae (n=3)",
+        "momix (n=3)",
+        "scanpy PCA + Leiden (oracle k) (n=3)",
+        "scanpy PCA + k-means (k) (n=3)",
+    ]
+    assert report.level_figure(summary, "no such dataset") is None
+
+
+def test_settings_from_variant_names():
+    runs = runs_table(methods=("vmm_bs64_emlr0.01", "vmm_bs128_emlr0.001", "vmm_bs128_emlr0.1"), seeds=(0,))
+    summary = summarise(runs)
+    settings = report.settings_of(summary)
+    assert set(settings["level"]) == {"L2"}  # the finest level only
+    assert sorted(set(zip(settings["batch_size"], settings["em_lr"]))) == [(64, 0.01), (128, 0.001), (128, 0.1)]
+    table = report.settings_table(summary)
+    assert table.loc[("sim", 128, 0.1), "used clusters L2"] == "4.000 (n=1)"
+    fig = report.settings_figure(summary, runs)
+    assert len(fig.axes) == 2 and "its 4 cell types" in fig.axes[0].get_title()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["batch 64 (n=1)", "batch 128 (n=1)"]
+    assert report.settings_figure(summarise(runs_table())) is None  # no settings in the names
+
+
+def test_study_tables_and_sources(tmp_path, summary, monkeypatch):
+    assert report.load_study_tables("headline", tmp_path) is None
+    assert report.not_run("eb_sweep").endswith("`make bench STUDY=eb_sweep` (benchmarks/studies/eb_sweep.yaml).")
+    summary.insert(0, "study", "benchmarks/studies/mine.yaml")
+    summary.insert(1, "commit", "0123456789abcdef;fedcba9876543210-dirty")
+    summary.to_csv(tmp_path / "mine_summary.csv", index=False)
+    runs_table().to_csv(tmp_path / "mine.csv", index=False)
+    monkeypatch.setenv("HIERMIX_RESULTS_DIR", str(tmp_path))
+    loaded, runs = report.load_study_tables("mine")
+    assert len(loaded) == len(summary) and len(runs) == 24
+    text = report.source("mine", loaded)
+    assert "benchmarks/studies/mine.yaml" in text and "0123456, fedcba9-dirty" in text
+    assert "`make bench STUDY=mine`" in text
