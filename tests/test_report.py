@@ -144,3 +144,18 @@ def test_study_tables_and_sources(tmp_path, summary, monkeypatch):
     text = report.source("mine", loaded)
     assert "benchmarks/studies/mine.yaml" in text and "0123456, fedcba9-dirty" in text
     assert "`make bench STUDY=mine`" in text
+
+
+def test_legacy_tables_are_documented():
+    """Every file of the retired grid runner has its entry (what, command, commit) in the legacy
+    README, and the results page reads neither them nor the removed runner."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    legacy = root / "benchmarks" / "results" / "legacy"
+    readme = (legacy / "README.md").read_text()
+    files = [p.relative_to(legacy).as_posix() for p in legacy.rglob("*") if p.is_file() and p.name != "README.md"]
+    assert files and all(f"| `{f}` |" in readme for f in files), files
+    assert "e33e406" in readme
+    page = (root / "notebooks" / "benchmark.md").read_text()
+    assert "legacy/" in page and "bench." not in page.replace("make bench", "")
