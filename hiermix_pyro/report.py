@@ -470,7 +470,10 @@ def settings_table(summary: pd.DataFrame, metrics=("utilized_clusters", "nmi", "
     ceiling = d.drop_duplicates(index).set_index(index)["n_hit_ceiling"].astype(int)
     wide["runs at the epoch ceiling"] = ceiling.reindex(wide.index)
     wide = wide.fillna("")
-    wide.index = wide.index.set_names(["dataset", "batch size", "em_lr"])
+    wide.columns.name = None
+    wide.index = pd.MultiIndex.from_tuples(
+        [(ds, int(bs), f"{lr:g}") for ds, bs, lr in wide.index], names=["dataset", "batch size", "em_lr"]
+    )
     return wide
 
 
@@ -499,3 +502,19 @@ def datasets_table(runs: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(out, orient="index")
     table.index.name = "dataset"
     return table
+
+
+def split_constant(table: pd.DataFrame, columns) -> tuple[pd.DataFrame, dict]:
+    """``table`` without those of ``columns`` that hold one value in every row, and those values
+    (the settings of a speed run, for its caption rather than a column of repeats)."""
+    constant = {c: table[c].iloc[0] for c in columns if c in table and table[c].nunique(dropna=False) == 1}
+    return table.drop(columns=list(constant)), constant
+
+
+def script_command(script: str, settings: dict, csv: str, default_csv: str) -> str:
+    """The command line of a speed script with the settings its table records, e.g.
+    ``.venv/bin/python benchmarks/step_time.py --threads 1 --rounds 5``."""
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in settings.items()]
+    if csv != default_csv:
+        flags.append(f"--csv {csv}")
+    return " ".join([f".venv/bin/python {script}", *flags])

@@ -124,7 +124,7 @@ def test_settings_from_variant_names():
     assert set(settings["level"]) == {"L2"}  # the finest level only
     assert sorted(set(zip(settings["batch_size"], settings["em_lr"]))) == [(64, 0.01), (128, 0.001), (128, 0.1)]
     table = report.settings_table(summary)
-    assert table.loc[("sim", 128, 0.1), "used clusters L2"] == "4.000 (n=1)"
+    assert table.loc[("sim", 128, "0.1"), "used clusters L2"] == "4.000 (n=1)"
     fig = report.settings_figure(summary, runs)
     assert len(fig.axes) == 2 and "its 4 cell types" in fig.axes[0].get_title()
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["batch 64 (n=1)", "batch 128 (n=1)"]
@@ -159,3 +159,11 @@ def test_legacy_tables_are_documented():
     assert "e33e406" in readme
     page = (root / "notebooks" / "benchmark.md").read_text()
     assert "legacy/" in page and "bench." not in page.replace("make bench", "")
+
+
+def test_speed_table_settings_go_to_the_caption():
+    table = pd.DataFrame({"tool": ["a", "b"], "threads": [2, 2], "epochs": [5, 5], "seconds_per_epoch": [0.7, 0.6]})
+    shown, settings = report.split_constant(table, ["threads", "epochs", "rounds"])
+    assert list(shown.columns) == ["tool", "seconds_per_epoch"] and settings == {"threads": 2, "epochs": 5}
+    command = report.script_command("benchmarks/step_time.py", {"batch_size": 512}, "x.csv", "y.csv")
+    assert command == ".venv/bin/python benchmarks/step_time.py --batch-size 512 --csv x.csv"
