@@ -9,6 +9,13 @@ Two strategies, chosen by ``ModelConfig.init``:
   for a few epochs, copy its weights into the model, and cluster its latent means by *nested*
   k-means: k-means with K_L clusters at the finest level, then each coarser level clusters the
   finer centres (weighted by their sizes), so every fine cluster lies inside one coarse cluster.
+- ``"vae_ward"``: the same pre-training and finest k-means, then the coarser levels from Ward's
+  agglomeration of the fine clusters (each merge the pair that least increases the within-cluster
+  sum of squares of the cells, n_a n_b / (n_a + n_b) ||c_a - c_b||^2), cut at K_(L-1), ..., K_1
+  clusters: the levels nest, and merges respect the clusters' sizes and merge costs.
+
+``ModelConfig.init_restarts`` = R > 1 initialises R times (seeds ``seed``, ``seed + 1000``, ...)
+and keeps the initialisation with the best ELBO on the validation cells: chosen without labels.
 
 Either way the per-level clusterings of the training cells set the components: path means and
 offsets from cluster means, scales from within-cluster spreads, and the prior's (conditional)
@@ -25,7 +32,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-INITS = ("random", "pca_kmeans", "vae_kmeans")
+INITS = ("random", "pca_kmeans", "vae_kmeans", "vae_ward")
 
 
 def initialise(model, adata, method: str = "random", seed: int = 0):
@@ -36,8 +43,15 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
     """
     if method not in INITS:
         raise ValueError(f"unknown init {method!r}; valid: {', '.join(INITS)}")
-    if method != "vae_kmeans" and model.config.init_epochs != type(model.config)().init_epochs:
-        raise ValueError(f"init_epochs={model.config.init_epochs} is for init='vae_kmeans', not init={method!r}")
+    if not method.startswith("vae_") and model.config.init_epochs != type(model.config)().init_epochs:
+        raise ValueError(
+            f"init_epochs={model.config.init_epochs} is for init='vae_kmeans' or 'vae_ward', not init={method!r}"
+        )
+    restarts = int(getattr(model.config, "init_restarts", 1))
+    if restarts < 1:
+        raise ValueError(f"init_restarts must be at least 1, got {restarts}")
+    if restarts > 1:
+        return _best_of_restarts(model, adata, method, seed, restarts)
     if method == "random":
         return model
     train = adata[adata.obs["split"] == "train"] if "split" in adata.obs else adata
@@ -48,8 +62,44 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
     else:
         emb, q_var = vae_pretrain(model, adata, seed)
         emb = emb[(adata.obs["split"] == "train").to_numpy() if "split" in adata.obs else slice(None)]
-        labels = nested_kmeans(emb, K, seed)
-    set_components(model, emb, labels, q_var if method == "vae_kmeans" else None)
+        labels = nested_ward(emb, K, seed) if method == "vae_ward" else nested_kmeans(emb, K, seed)
+    set_components(model, emb, labels, None if method == "pca_kmeans" else q_var)
+    return model
+
+
+RESTART_SEED_STRIDE = 1000  # restart r of seed s uses seed s + 1000 r: no overlap with other runs' seeds
+
+
+def _best_of_restarts(model, adata, method: str, seed: int, restarts: int):
+    """Initialise ``restarts`` copies (seeds seed + 1000 r) and load the one whose mean ELBO per
+    validation cell (10 particles) is highest into ``model``; the scores are kept in
+    ``model.init_scores`` ``[(seed, elbo), ...]``."""
+    import copy
+
+    import pyro
+
+    from .metrics.likelihood import elbo
+    from .train import CountTensors, seed_everything
+
+    if "split" not in adata.obs or not (adata.obs["split"] == "validation").any():
+        raise ValueError("init_restarts > 1 chooses by the validation ELBO: the data need validation cells")
+    one = replace(model.config, init_restarts=1)
+    val = CountTensors.from_adata(adata, split="validation")
+    best, scores = None, []
+    for r in range(restarts):
+        candidate = copy.deepcopy(model)
+        candidate.config = one
+        run_seed = seed + RESTART_SEED_STRIDE * r
+        seed_everything(run_seed)
+        initialise(candidate, adata, method, seed=run_seed)
+        with pyro.get_param_store().scope():
+            seed_everything(run_seed)
+            score = elbo(candidate, val)
+        scores.append((run_seed, float(score)))
+        if best is None or score > best[1]:
+            best = (candidate, score)
+    model.load_state_dict(best[0].state_dict())
+    model.init_scores = scores
     return model
 
 
@@ -58,6 +108,51 @@ def pca_embedding(adata, n_components: int, seed: int = 0) -> np.ndarray:
     X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     X = np.log1p(1e4 * X / np.maximum(X.sum(1, keepdims=True), 1.0))
     return PCA(n_components, random_state=seed).fit_transform(X).astype(np.float32)
+
+
+def nested_ward(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarray]:
+    """Per-level labels ``[N]`` (coarse to fine) that nest: k-means at the finest level, then
+    Ward's agglomeration of its clusters (weighted by their sizes), cut at every coarser size."""
+    km = KMeans(level_sizes[-1], n_init=10, random_state=seed).fit(emb)
+    fine = km.labels_
+    groups = ward_groups(km.cluster_centers_, np.bincount(fine, minlength=level_sizes[-1]), level_sizes[:-1])
+    return [groups[k][fine] for k in level_sizes[:-1]] + [fine]
+
+
+def ward_groups(centres: np.ndarray, weights: np.ndarray, sizes) -> dict[int, np.ndarray]:
+    """Ward's agglomeration of weighted points: for each k in ``sizes``, the group ``[M]`` (in
+    0..k-1) of each of the M points when k groups remain. A merge of groups a and b costs
+    ``w_a w_b / (w_a + w_b) ||c_a - c_b||^2`` (the increase in the within-group sum of squares
+    of the cells they hold); the cheapest is made first. With equal weights this is
+    ``scipy.cluster.hierarchy.linkage(method="ward")`` (tested)."""
+    c = np.array(centres, dtype=float)  # copies: merges overwrite rows
+    w = np.array(weights, dtype=float)
+    members = [[i] for i in range(len(c))]
+    wanted = {min(int(k), len(c)) for k in sizes}
+    out = {}
+
+    def record():
+        group = np.empty(len(centres), dtype=np.int64)
+        for g, idx in enumerate(members):
+            group[idx] = g
+        for k in sizes:
+            if min(int(k), len(centres)) == len(members):
+                out[int(k)] = group
+
+    if len(members) in wanted:
+        record()
+    while len(members) > min(wanted, default=len(members)):
+        d2 = ((c[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+        cost = w[:, None] * w[None, :] / np.maximum(w[:, None] + w[None, :], 1e-12) * d2
+        np.fill_diagonal(cost, np.inf)
+        a, b = sorted(np.unravel_index(np.argmin(cost), cost.shape))
+        merged = (w[a] * c[a] + w[b] * c[b]) / max(w[a] + w[b], 1e-12)
+        c[a], w[a], members[a] = merged, w[a] + w[b], members[a] + members[b]
+        c, w = np.delete(c, b, 0), np.delete(w, b)
+        del members[b]
+        if len(members) in wanted:
+            record()
+    return out
 
 
 def nested_kmeans(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarray]:

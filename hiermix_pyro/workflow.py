@@ -59,6 +59,7 @@ NOTEBOOK_PARAMETERS: tuple[str, ...] = (
     "sum_paths",
     "init",
     "init_epochs",
+    "init_restarts",
     "usage_lambda",
     "em_update",
     "em_lr",

@@ -401,6 +401,46 @@ def test_nested_kmeans_nests():
     assert nesting_score(labels[0], labels[1]) == 1.0 and nesting_score(labels[1], labels[2]) == 1.0
 
 
+def test_ward_groups_is_scipy_ward_and_weighs_sizes():
+    """Equal weights: the same partitions as scipy's Ward linkage at every cut. Unequal weights:
+    a large cluster is not merged with a far small one before two near small ones."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from sklearn.metrics import adjusted_rand_score
+
+    from hiermix_pyro.initialise import nested_ward, ward_groups
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 3))
+    groups = ward_groups(centres, np.ones(12), (2, 3, 5))
+    tree = linkage(centres, method="ward")
+    for k in (2, 3, 5):
+        assert len(np.unique(groups[k])) == k
+        assert adjusted_rand_score(groups[k], fcluster(tree, k, criterion="maxclust")) == 1.0
+    # 0 and 1 are small and 1 apart; 2 is huge, 0.8 from 1: joining 1 to it costs ~0.64 > 0.5
+    pts, w = np.array([[0.0], [1.0], [1.8]]), np.array([1.0, 1.0, 1000.0])
+    assert ward_groups(pts, w, (2,))[2].tolist() == [0, 0, 1]
+    assert ward_groups(pts, np.ones(3), (2,))[2].tolist() == [0, 1, 1]  # unweighted: 1 joins 2
+    labels = nested_ward(rng.normal(size=(200, 4)), (2, 4, 7))
+    assert [len(np.unique(lab)) for lab in labels] == [2, 4, 7]
+    assert nesting_score(labels[0], labels[1]) == 1.0 and nesting_score(labels[1], labels[2]) == 1.0
+
+
+def test_init_restarts_keep_the_best_validation_elbo():
+    """R initialisations, seeds s + 1000 r; the model ends with the one of the highest validation
+    ELBO, and init_restarts=1 is the plain initialisation of seed s."""
+    adata = prepare(simulate_hierarchy(branching=(2, 2), cells_per_leaf=30, n_genes=40, seed=0), n_hvg=None)
+    cfg = ModelConfig(latent_dim=3, hidden_dims=(16,), init="vae_ward", init_epochs=2, init_restarts=3)
+    model = build_model("momix", adata, cfg, seed=2)
+    seeds, scores = zip(*model.init_scores)
+    assert seeds == (2, 1002, 2002) and len(set(scores)) == 3
+    from hiermix_pyro.metrics.likelihood import elbo
+
+    seed_everything(seeds[int(np.argmax(scores))])  # the kept model is the best candidate: its score again
+    assert elbo(model, CountTensors.from_adata(adata, split="validation")) == pytest.approx(max(scores), rel=1e-6)
+    with pytest.raises(ValueError, match="init_restarts must be at least 1"):
+        build_model("momix", adata, ModelConfig(init="random", init_restarts=0))
+
+
 def test_momix_recovers_simulated_tree():
     """A well-separated 4-level tree (2/4/8/16 types): level ARI close to 1 at every level.
 

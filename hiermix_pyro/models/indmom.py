@@ -51,7 +51,7 @@ class IndMoMVAE(CountModel):
 
     enumerated = True
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for k and the y's
-    options = ("level_sizes", "prior", "init", "init_epochs", "usage_lambda")  # one guide: q(z | x)
+    options = ("level_sizes", "prior", "init", "init_epochs", "init_restarts", "usage_lambda")  # one guide: q(z | x)
 
     def __init__(
         self,

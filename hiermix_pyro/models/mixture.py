@@ -35,7 +35,7 @@ class MixtureVAE(MoMixVAE):
     """
 
     pyro_name = "mixture"
-    options = ("n_components", "prior", "guide", "sum_paths", "init", "init_epochs", "usage_lambda")
+    options = ("n_components", "prior", "guide", "sum_paths", "init", "init_epochs", "init_restarts", "usage_lambda")
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = 10):
         super().__init__(n_genes, n_batches, config, level_sizes=(n_components,))

@@ -96,7 +96,7 @@ class MoMixVAE(CountModel):
 
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for the y's
     pyro_name = "momix"
-    options = ("level_sizes", "prior", "guide", "sum_paths", "init", "init_epochs", "usage_lambda")
+    options = ("level_sizes", "prior", "guide", "sum_paths", "init", "init_epochs", "init_restarts", "usage_lambda")
 
     @property
     def enumerated(self) -> bool:
