@@ -19,8 +19,10 @@ Models: ``vae`` and ``momix`` (collapsed guide, Gaussian components, levels 2/4/
 Columns: ``peak_rss_gib`` (the whole job), ``rss_<phase>_gib`` (high-water mark at the end of
 each phase), ``train_cells_per_s`` (training steps only, wall clock, the first step excluded),
 ``train_cells_per_cpu_s`` (the same per second of CPU time of the process: far less sensitive to
-other jobs on a shared machine), ``seconds_<phase>``. ``--memory-only`` leaves the timing
-columns empty: memory is valid on a busy machine, speed is not. Runs with ``--threads 1`` by
+other jobs on a shared machine), ``seconds_<phase>``, ``load_before`` (the 1-minute load average when the run started: about 0
+on an idle machine). ``--memory-only`` leaves the timing columns empty: memory is valid on a busy
+machine, speed is not. Rows are merged into an existing ``--csv`` by (model, mode, n_cells), so
+a grid can be measured in parts. Runs with ``--threads 1`` by
 default (one torch thread); the CSV records it.
 """
 
@@ -182,7 +184,8 @@ def main(argv=None) -> None:
             subprocess.run(cmd, check=True)
         for mode in a.modes:
             for model_name in a.models:
-                row = dict(model=model_name, mode=mode, threads=a.threads)
+                # the 1-minute load average before the run: about 0 on an idle machine
+                row = dict(model=model_name, mode=mode, threads=a.threads, load_before=round(os.getloadavg()[0], 2))
                 row.update(run_one(model_name, path, mode == "backed", a.threads))
                 if a.memory_only:
                     row.update(dict.fromkeys(TIMING))
@@ -199,8 +202,18 @@ def main(argv=None) -> None:
 FIRST = ["model", "mode", "n_cells", "n_genes", "peak_rss_gib", "train_cells_per_s", "train_cells_per_cpu_s"]
 
 
+KEY = ["model", "mode", "n_cells"]
+
+
 def write(rows: list[dict], csv: str) -> pd.DataFrame:
+    """Write ``rows`` into ``csv``, replacing the rows of the same (model, mode, n_cells) and
+    keeping the others: a grid run in parts (e.g. the memory-only rows measured on a busy machine,
+    then the timed rows on an idle one) ends up in one table."""
     df = pd.DataFrame(rows)
+    if Path(csv).exists():
+        old = pd.read_csv(csv)
+        keep = ~old.set_index(KEY).index.isin(df.set_index(KEY).index)
+        df = pd.concat([old[keep], df], ignore_index=True)
     df = df[FIRST + [c for c in df.columns if c not in FIRST]]
     Path(csv).parent.mkdir(parents=True, exist_ok=True)
     df.round(4).to_csv(csv, index=False)

@@ -251,3 +251,22 @@ def test_scale_benchmark_runs_tiny(tmp_path):
     assert (df["peak_rss_gib"] > 0).all() and df["train_cells_per_s"].isna().all()
     assert {f"rss_{phase}_gib" for phase in ("load", "train", "annotate", "evaluate", "save", "figures")} <= set(df)
     json.dumps(df.to_dict())  # plain values
+
+
+def test_scale_table_merges_parts(tmp_path):
+    """A part of the grid replaces its own rows of the table and keeps the others."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale_bench", ROOT / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    csv = str(tmp_path / "scale.csv")
+    row = dict(n_genes=10, peak_rss_gib=1.0, train_cells_per_s=None, train_cells_per_cpu_s=None)
+    scale.write(
+        [dict(model="vae", mode="memory", n_cells=100, **row), dict(model="vae", mode="backed", n_cells=100, **row)],
+        csv,
+    )
+    scale.write([dict(model="vae", mode="memory", n_cells=100, **{**row, "train_cells_per_s": 5.0})], csv)
+    df = pd.read_csv(csv)
+    assert len(df) == 2 and df.set_index("mode").loc["memory", "train_cells_per_s"] == 5.0
+    assert np.isnan(df.set_index("mode").loc["backed", "train_cells_per_s"])
