@@ -66,7 +66,7 @@ class ModelConfig:
     # -- VampPrior / Bayesian GMM / VMM priors --
     # (vampprior, gmm, vmm use K = n_components, default 100 for them)
     em_update: str = "gradient"  # gmm M-step: gradient (one Adam step on the MAP objective) | closed
-    em_lr: float = 1e-2  # prior's own learning rate: Adam lr (gradient) or stochastic-EM step size (closed); 1e-2 from the sweep (benchmarks/empirical_bayes.sh sweep)
+    em_lr: float = 1e-2  # prior's own learning rate: Adam lr (gradient) or stochastic-EM step size (closed); 1e-2 from the sweep (benchmarks/results/legacy/eb_sweep_*.csv; now the eb_sweep study)
     em_after_warmup: bool = True  # gmm / vmm: first M-step when the KL warm-up ends (prior fixed before)
 
     def __post_init__(self):

@@ -1,6 +1,7 @@
 """VampPrior, Bayesian GMM and VMM priors: the maths of the E/M-steps, recovery, and failure modes."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -265,3 +266,11 @@ def test_resume_continues_exactly_with_em_state(name, options, sim_adata, tmp_pa
     model, resumed = run(4, ckpt)
     assert model.em_optim is not None and resumed["epoch"] == [1, 2, 3, 4]
     torch.testing.assert_close(torch.tensor(resumed["train_loss"]), torch.tensor(full["train_loss"]))
+
+
+def test_integration_names_workflow_runs_by_method_and_seed():
+    """Workflow run folders are all seed<k>: the scIB table names them <method>/seed<k>."""
+    from hiermix_pyro.metrics.integration import run_name
+
+    assert run_name(Path("runs/headline/pbmc_3tech/vmm/seed3")) == "vmm/seed3"
+    assert run_name(Path("runs/bench_eb/vmm-seed3")) == "vmm-seed3"

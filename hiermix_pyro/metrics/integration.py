@@ -9,6 +9,8 @@ silhouette, cLISI) and total = 0.4 batch correction + 0.6 bio conservation.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 EXTRA_HINT = "pip install 'hiermix-pyro[scib]'  (scib-metrics<0.6 and jax, CPU is enough)"
@@ -94,8 +96,11 @@ def scib_table(run_dirs, label_key: str | None = None, n_jobs: int = 1):
         other = first if d == runs[0] else ad.read_h5ad(d / "adata.h5ad")
         if not other.obs_names.equals(first.obs_names):
             raise ValueError(f"{d} holds other cells than {runs[0]}; score them separately with scib_scores")
-        view.obsm[d.name] = np.asarray(other.obsm["X_latent"], dtype=np.float32)
-        keys[d.name] = d.name
+        name = run_name(d)
+        if name in keys:
+            raise ValueError(f"two runs named {name!r}: score runs with distinct folder names")
+        view.obsm[name] = np.asarray(other.obsm["X_latent"], dtype=np.float32)
+        keys[name] = name
     bm = Benchmarker(
         view,
         batch_key=batch_key,
@@ -112,6 +117,12 @@ def scib_table(run_dirs, label_key: str | None = None, n_jobs: int = 1):
     ).astype(float)
     df.index = [next(name for name, key in keys.items() if key == k) for k in df.index]
     return df.rename_axis("run").reset_index()
+
+
+def run_name(run_dir: Path) -> str:
+    """A run's name in the table: its folder, with the method for the workflow's ``<method>/seed<k>``."""
+    run_dir = Path(run_dir)
+    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.name.startswith("seed") else run_dir.name
 
 
 def main(argv=None) -> None:
