@@ -20,7 +20,9 @@ tree over the finest clusters' centroids)::
     python benchmarks/peers.py pca_leiden pca_kmeans --seed 0 --runs-dir runs/smoke/pbmc68k \\
         --spec '{"data": {"dataset": "pbmc68k", "n_hvg": 100, "subsample": 300}}'
 
-writes ``runs/smoke/pbmc68k/pca_leiden/seed0/metrics.json`` and ``.../pca_kmeans/seed0/metrics.json``.
+writes ``runs/smoke/pbmc68k/pca_leiden/seed0/metrics.json`` and ``.../pca_kmeans/seed0/metrics.json``,
+each beside ``labels.csv``: every cell's true levels and its Hungarian-aligned cluster per level
+(``aligned_<level>``, as a model run's ``adata.h5ad`` holds them; ``benchmarks/confusion.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import pandas as pd
 from hiermix_pyro import __version__
 from hiermix_pyro.config import DataConfig, TrainConfig, from_dict
 from hiermix_pyro.metrics import cluster_latent, hierarchy_scores, level_scores, nesting_score
+from hiermix_pyro.metrics.clustering import hungarian_match
 from hiermix_pyro.study import PEERS
 from hiermix_pyro.workflow import load
 
@@ -104,8 +107,20 @@ def centroid_confidence(clusters: np.ndarray, embedding: np.ndarray) -> np.ndarr
     return -np.linalg.norm(embedding - centres.loc[clusters].to_numpy(), axis=1)
 
 
+def aligned_labels(adata, clusters: list[np.ndarray]) -> pd.DataFrame:
+    """Per cell and level, the cluster renamed to its Hungarian-matched class ("unmatched" when
+    none), as ``obs['aligned_<level>']`` of a model run: ``aligned_<level>`` columns, indexed by cell."""
+    levels = adata.uns["hiermix"]["levels"]
+    out = {}
+    for level, c in zip(levels, clusters):
+        match = hungarian_match(adata.obs[level].astype(str).to_numpy(), c)
+        out[f"aligned_{level}"] = [str(match.get(k, "unmatched")) for k in c]
+    return pd.DataFrame(out, index=adata.obs_names)
+
+
 def score(adata, embedding: np.ndarray, method: str, seed: int) -> dict:
-    """Cluster ``embedding`` at each level's number of classes; scores as in ``workflow.evaluate``."""
+    """Cluster ``embedding`` at each level's number of classes; scores as in ``workflow.evaluate``;
+    the clusters themselves under ``"clusters"`` (one array per level)."""
     levels = adata.uns["hiermix"]["levels"]
     clusters = [cluster_latent(embedding, adata.obs[lvl].nunique(), method=method, seed=seed) for lvl in levels]
     scores = level_scores(adata.obs, levels, clusters, [centroid_confidence(c, embedding) for c in clusters])
@@ -115,7 +130,8 @@ def score(adata, embedding: np.ndarray, method: str, seed: int) -> dict:
         entry["nesting_labels"] = (
             nesting_score(adata.obs[levels[i - 1]].to_numpy(), adata.obs[levels[i]].to_numpy()) if i else float("nan")
         )
-    return dict(levels=scores, hierarchy=hierarchy_scores(adata.obs, levels, clusters, embedding=embedding))
+    hierarchy = hierarchy_scores(adata.obs, levels, clusters, embedding=embedding)
+    return dict(levels=scores, hierarchy=hierarchy, clusters=clusters)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -146,6 +162,8 @@ def run_peers(peers: list[str], spec: dict, seed: int, runs_dir) -> list[Path]:
         peer = PEERS[name]
         latent, info = embeddings[peer.embedding]
         trained = "epochs" in info
+        scores = score(adata, latent, peer.clustering, seed)
+        clusters = scores.pop("clusters")
         metrics = dict(
             model=name,
             label=peer.label,
@@ -159,7 +177,7 @@ def run_peers(peers: list[str], spec: dict, seed: int, runs_dir) -> list[Path]:
             seconds_per_epoch=info["train_seconds"] / info["epochs"] if trained else None,
             n_cells=adata.n_obs,
             n_genes=adata.n_vars,
-            **score(adata, latent, peer.clustering, seed),
+            **scores,
             version=__version__,
             config=dict(
                 data=asdict(data_config),
@@ -169,6 +187,11 @@ def run_peers(peers: list[str], spec: dict, seed: int, runs_dir) -> list[Path]:
         )
         out = Path(runs_dir) / name / f"seed{seed}"
         out.mkdir(parents=True, exist_ok=True)
+        # the true levels and the aligned clusters of every cell (benchmarks/confusion.py reads them)
+        labels = pd.concat(
+            [adata.obs[list(adata.uns["hiermix"]["levels"])].astype(str), aligned_labels(adata, clusters)], axis=1
+        )
+        _atomic_write(out / "labels.csv", labels.to_csv(index_label="cell"))
         _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
         written.append(out / "metrics.json")
     return written

@@ -217,3 +217,9 @@ def test_peer_metrics_schema(tmp_path):
     level_keys = {"level", "n_classes", "ari", "nmi", "weighted_f1", "purity", "accuracy", "utilized_clusters"}
     assert all(level_keys | {"model_level", "nesting", "nesting_labels"} <= set(entry) for entry in m["levels"])
     assert [entry["n_classes"] for entry in m["levels"]] == [entry["utilized_clusters"] for entry in m["levels"]]
+    labels = pd.read_csv(path.parent / "labels.csv", index_col="cell")
+    levels = [entry["level"] for entry in m["levels"]]
+    assert len(labels) == 150 and list(labels.columns) == levels + [f"aligned_{level}" for level in levels]
+    # aligned clusters carry class names; where they agree with the truth is the accuracy after matching
+    finest = levels[-1]
+    assert set(labels[f"aligned_{finest}"]) <= set(labels[finest]) | {"unmatched"}
