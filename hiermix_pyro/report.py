@@ -518,3 +518,33 @@ def script_command(script: str, settings: dict, csv: str, default_csv: str) -> s
     if csv != default_csv:
         flags.append(f"--csv {csv}")
     return " ".join([f".venv/bin/python {script}", *flags])
+
+
+def confusion_figure(confusions: pd.DataFrame, level: str, methods=None):
+    """Heatmaps of ``benchmarks/confusion.py``'s table at ``level``, one per method: rows the true
+    classes, columns the aligned clusters, cells the mean share of the row's cells (over seeds).
+    None when the table has nothing at that level."""
+    import matplotlib.pyplot as plt
+
+    d = confusions[confusions["level"].eq(level)]
+    methods = [m for m in (methods or d["method"].unique()) if m in set(d["method"])]
+    if not methods:
+        return None
+    classes = sorted(set(d["true"]))
+    columns = classes + sorted(set(d["aligned"]) - set(classes))  # "unmatched" last
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.1 * len(methods) + 1.6, 3.4), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        m = d[d["method"].eq(method)]
+        grid = m.pivot_table(index="true", columns="aligned", values="fraction", fill_value=0.0)
+        grid = grid.reindex(index=classes, columns=columns, fill_value=0.0)
+        image = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis")
+        ax.grid(False)
+        ax.set_title(f"{method} (n={int(m['n_seeds'].max())})", fontsize=11)
+        ax.set_xticks(range(len(columns)), [str(i + 1) if c in classes else "–" for i, c in enumerate(columns)])
+        ax.set_yticks(
+            range(len(classes)), [f"{i + 1} {c[:22]}" for i, c in enumerate(classes)] if ax is axes[0][0] else []
+        )
+        ax.set_xlabel("aligned cluster (class no.)", fontsize=10)
+        ax.tick_params(labelsize=8.5)
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="share of the class's cells")
+    return fig

@@ -167,3 +167,22 @@ def test_speed_table_settings_go_to_the_caption():
     assert list(shown.columns) == ["tool", "seconds_per_epoch"] and settings == {"threads": 2, "epochs": 5}
     command = report.script_command("benchmarks/step_time.py", {"batch_size": 512}, "x.csv", "y.csv")
     assert command == ".venv/bin/python benchmarks/step_time.py --batch-size 512 --csv x.csv"
+
+
+def test_confusion_figure_one_panel_per_method():
+    conf = pd.DataFrame(
+        dict(
+            method=["m", "m", "m", "p"],
+            level=["L2", "L2", "L2", "L2"],
+            true=["a", "a", "b", "a"],
+            aligned=["a", "unmatched", "b", "a"],
+            fraction=[0.75, 0.25, 1.0, 1.0],
+            sd=[0.1, 0.1, 0.0, 0.0],
+            n_seeds=[3, 3, 3, 1],
+        )
+    )
+    fig = report.confusion_figure(conf, "L2")
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert len(heatmaps) == 2 and heatmaps[0].get_title() == "m (n=3)"
+    assert heatmaps[0].images[0].get_array().shape == (2, 3)  # classes a, b; clusters a, b, unmatched
+    assert report.confusion_figure(conf, "L9") is None
