@@ -532,7 +532,7 @@ def confusion_figure(confusions: pd.DataFrame, level: str, methods=None):
         return None
     classes = sorted(set(d["true"]))
     columns = classes + sorted(set(d["aligned"]) - set(classes))  # "unmatched" last
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.1 * len(methods) + 1.6, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods) + 1.8, 3.4), squeeze=False)
     for ax, method in zip(axes[0], methods):
         m = d[d["method"].eq(method)]
         grid = m.pivot_table(index="true", columns="aligned", values="fraction", fill_value=0.0)
