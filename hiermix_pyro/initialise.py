@@ -233,7 +233,10 @@ def set_components(model, emb: np.ndarray, labels: list[np.ndarray], q_var=None,
     extra = torch.zeros(emb.shape[1]) if q_var is None else torch.as_tensor(q_var, dtype=torch.float32)
     sd = (emb.var(0) + extra).sqrt().clamp(min=1e-3)  # [D]
 
-    def spread(cells):  # component scale of a cluster, [D]
+    def spread(cells, variance: bool = False):  # component scale of a cluster, [D]
+        """From the cluster's cells ``[n, D]``, or from their variance ``[D]`` (``variance=True``)."""
+        if variance:
+            return (cells + extra).sqrt().clamp(min=1e-2)
         return (
             (cells.var(0) + extra).sqrt().clamp(min=1e-2) if len(cells) > 2 else sd / math.sqrt(max(model.level_sizes))
         )
@@ -257,23 +260,43 @@ def _set_indmom(model, emb, labels, sd, spread, pseudo_count):
 
 
 def _set_momix(model, emb, labels, sd, spread, pseudo_count):
-    Ks, L = model.level_sizes, len(model.level_sizes)
+    """Per level, the cells' prefix (y1..yl) as one row-major index, then counts, means and
+    variances of every prefix by ``np.bincount``: O(N) work per level and no temporary of the
+    cells' size per prefix (a mask per prefix took gigabytes at a million cells)."""
+    Ks, L, D = model.level_sizes, len(model.level_sizes), emb.shape[1]
     a = model.log_level_scale.exp()
-    lab = torch.as_tensor(np.stack(labels, 1))  # [N, L]
-    parent_mean = {(): emb.mean(0)}
+    x = emb.numpy().astype(np.float64)  # [N, D]
+    lab = np.stack(labels, 1).astype(np.int64)  # [N, L]
+    prefix = np.zeros(len(x), dtype=np.int64)
+    parent_means = emb.mean(0, keepdim=True)  # [1, D]: the root
     for l in range(L):
-        counts = torch.zeros(Ks[: l + 1])
-        for prefix in np.ndindex(*Ks[: l + 1]):
-            mask = (lab[:, : l + 1] == torch.tensor(prefix)).all(1)
-            n = int(mask.sum())
-            counts[prefix] = n
-            parent = parent_mean[prefix[:-1]]
-            # an empty path sits next to its parent (a small jitter keeps siblings apart)
-            mean = emb[mask].mean(0) if n > 0 else parent + 0.1 * a[l] * sd * torch.randn_like(sd)
-            parent_mean[prefix] = mean
-            model.offsets[l][prefix] = (mean - parent) / a[l]
-        model.prior_logits[l].copy_((counts + pseudo_count).log())
-    log_sd = torch.empty(model.n_paths, emb.shape[1])
-    for p, prefix in enumerate(np.ndindex(*Ks)):
-        log_sd[p] = spread(emb[(lab == torch.tensor(prefix)).all(1)]).log()
+        prefix = prefix * Ks[l] + lab[:, l]  # row-major index of (y1..yl)
+        n_prefixes = math.prod(Ks[: l + 1])
+        counts, sums, _ = _prefix_moments(prefix, x, n_prefixes)
+        means = torch.as_tensor(sums / np.maximum(counts, 1)[:, None], dtype=torch.float32)  # [P_l, D]
+        parents = parent_means[torch.arange(n_prefixes) // Ks[l]]  # [P_l, D]
+        for p in np.flatnonzero(counts == 0):  # an empty path sits next to its parent (a jitter keeps siblings apart)
+            means[p] = parents[p] + 0.1 * a[l] * sd * torch.randn_like(sd)
+        model.offsets[l].copy_(((means - parents) / a[l]).reshape(*Ks[: l + 1], D))
+        model.prior_logits[l].copy_(
+            torch.as_tensor(counts + pseudo_count, dtype=torch.float32).log().reshape(Ks[: l + 1])
+        )
+        parent_means = means
+    counts, sums, squares = _prefix_moments(prefix, x, model.n_paths)  # the finest level: the paths
+    log_sd = torch.empty(model.n_paths, D)
+    for p in range(model.n_paths):
+        if counts[p] > 2:  # unbiased variance, as torch.var
+            var = (squares[p] - sums[p] ** 2 / counts[p]) / (counts[p] - 1)
+            cells = torch.as_tensor(np.maximum(var, 0.0), dtype=torch.float32)
+            log_sd[p] = spread(cells, variance=True).log()
+        else:
+            log_sd[p] = spread(emb[:0]).log()  # too few cells: the default spread
     model.log_sigma.copy_(log_sd)
+
+
+def _prefix_moments(index: np.ndarray, x: np.ndarray, n: int):
+    """Counts ``[n]``, sums and sums of squares ``[n, D]`` of the rows of ``x`` per ``index``."""
+    counts = np.bincount(index, minlength=n).astype(np.float64)
+    sums = np.stack([np.bincount(index, weights=x[:, d], minlength=n) for d in range(x.shape[1])], 1)
+    squares = np.stack([np.bincount(index, weights=x[:, d] ** 2, minlength=n) for d in range(x.shape[1])], 1)
+    return counts, sums, squares

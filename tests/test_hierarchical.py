@@ -496,3 +496,37 @@ def test_path_mixture_is_the_summed_out_prior():
         tiny(MoMixVAE, sum_paths="sometimes")
     with pytest.raises(ValueError, match="sum_paths is for the collapsed guide"):
         tiny(MoMixVAE, "structured", sum_paths="enumerate")
+
+
+def test_set_components_by_prefix_sums_equals_masks():
+    """momix's components from per-prefix sums (O(N) per level) = the direct per-prefix masks,
+    empty paths (jittered next to their parent, the same random draws) included."""
+    from hiermix_pyro.initialise import set_components
+
+    rng = np.random.default_rng(0)
+    Ks = (2, 3, 4)
+    emb = rng.normal(size=(150, 3)).astype(np.float32)
+    labels = [rng.integers(0, k, 150) for k in Ks]
+    labels[2][labels[2] == 3] = 2  # path (., ., 3) is empty everywhere: jitter
+    model = tiny(MoMixVAE, levels=Ks)
+    torch.manual_seed(7)
+    set_components(model, emb, labels, q_var=np.full(3, 0.1))
+    # the reference: one mask per prefix
+    e, extra = torch.as_tensor(emb), torch.full((3,), 0.1)
+    sd = (e.var(0) + extra).sqrt()
+    a = model.log_level_scale.exp().detach()
+    lab = torch.as_tensor(np.stack(labels, 1))
+    torch.manual_seed(7)
+    parent_mean = {(): e.mean(0)}
+    for l in range(len(Ks)):
+        for prefix in np.ndindex(*Ks[: l + 1]):
+            mask = (lab[:, : l + 1] == torch.tensor(prefix)).all(1)
+            parent = parent_mean[prefix[:-1]]
+            mean = e[mask].mean(0) if mask.any() else parent + 0.1 * a[l] * sd * torch.randn_like(sd)
+            parent_mean[prefix] = mean
+            assert torch.allclose(model.offsets[l][prefix], (mean - parent) / a[l], atol=1e-4), (l, prefix)
+            assert float(model.prior_logits[l][prefix].exp()) == pytest.approx(float(mask.sum()) + 0.01, rel=1e-5)
+    for p, prefix in enumerate(np.ndindex(*Ks)):
+        cells = e[(lab == torch.tensor(prefix)).all(1)]
+        expected = (cells.var(0) + extra).sqrt().clamp(min=1e-2) if len(cells) > 2 else sd / math.sqrt(max(Ks))
+        assert torch.allclose(model.log_sigma[p].exp(), expected, atol=1e-4), prefix
