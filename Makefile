@@ -34,7 +34,8 @@ lint: $(STAMP)  ## ruff: lint and format check (configuration in pyproject.toml)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 book: $(STAMP)  ## build the Jupyter Book (notebooks executed in smoke mode) into _build/html
-	SMOKE_TEST=1 $(BIN)/jupyter-book build . --warningiserror --keep-going
+	# the inline backend: with MPLBACKEND=Agg in the environment (CI sets it) figures would print as text
+	MPLBACKEND=module://matplotlib_inline.backend_inline SMOKE_TEST=1 $(BIN)/jupyter-book build . --warningiserror --keep-going
 
 # a part of a study: PART="datasets=pbmc_sorted9 seeds=0-4 methods=vae,momix"; other snakemake
 # options in SNAKEMAKE_ARGS (e.g. -n for a dry run)

@@ -256,6 +256,9 @@ class Crawler:
         report.problems += [f"MathJax error: {e}" for e in out["merrors"]]
         report.problems += [f"maths not typeset: {e}" for e in out["untypeset"]]
         report.problems += [f"raw TeX in the text: {e}" for e in out["rawtex"]]
+        # a matplotlib figure executed without the inline backend (e.g. MPLBACKEND=Agg) is printed, not drawn
+        drawn_as_text = re.findall(r"&lt;Figure size [^&]*&gt;|<Figure size [^<>]*>", self.driver.page_source)
+        report.problems += [f"figure printed as text, not drawn: {e}" for e in drawn_as_text]
         report.problems += [f"wider than {VIEWPORT[0]} px: {e}" for e in out["wide"][:10]]
         report.problems += [f"equation cut off: {e}" for e in out["cutmath"]]
         report.problems += [f"image does not load: {e}" for e in out["images"]]
