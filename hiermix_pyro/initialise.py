@@ -14,6 +14,15 @@ Two strategies, chosen by ``ModelConfig.init``:
   sum of squares of the cells, n_a n_b / (n_a + n_b) ||c_a - c_b||^2), cut at K_(L-1), ..., K_1
   clusters: the levels nest, and merges respect the clusters' sizes and merge costs.
 
+- ``"vae_leiden"``: the same pre-training, then Leiden on the k-nearest-neighbour graph of the
+  latent means at every level, its resolution searched until it gives K_l clusters (the peers'
+  "Leiden (oracle k)", told the same K_l the model is given). The levels are clustered each on
+  their own and need not nest; a cell's path is its clusters at all levels, and the paths the
+  cells use set the components. Above ``LEIDEN_MAX_CELLS`` training cells, Leiden runs on a
+  seeded sample of that many and the other cells join the nearest cluster centre. A graph
+  follows the data's manifold where k-means cuts it into balls: on the sorted PBMCs the coarse
+  levels come out far cleaner (the results page's ``hierarchy`` study).
+
 ``ModelConfig.init_restarts`` = R > 1 initialises R times (seeds ``seed``, ``seed + 1000``, ...)
 and keeps the initialisation with the best ELBO on the validation cells: chosen without labels.
 
@@ -32,7 +41,8 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-INITS = ("random", "pca_kmeans", "vae_kmeans", "vae_ward")
+INITS = ("random", "pca_kmeans", "vae_kmeans", "vae_ward", "vae_leiden")
+LEIDEN_MAX_CELLS = 50_000  # vae_leiden: Leiden on at most this many training cells (a kNN graph of 1M cells takes long)
 
 
 def initialise(model, adata, method: str = "random", seed: int = 0):
@@ -62,7 +72,10 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
     else:
         emb, q_var = vae_pretrain(model, adata, seed)
         emb = emb[(adata.obs["split"] == "train").to_numpy() if "split" in adata.obs else slice(None)]
-        labels = nested_ward(emb, K, seed) if method == "vae_ward" else nested_kmeans(emb, K, seed)
+        if method == "vae_leiden":
+            labels = leiden_levels(emb, K, seed)
+        else:
+            labels = nested_ward(emb, K, seed) if method == "vae_ward" else nested_kmeans(emb, K, seed)
     set_components(model, emb, labels, None if method == "pca_kmeans" else q_var)
     return model
 
@@ -108,6 +121,37 @@ def pca_embedding(adata, n_components: int, seed: int = 0) -> np.ndarray:
     X = adata.X.toarray() if hasattr(adata.X, "toarray") else np.asarray(adata.X)
     X = np.log1p(1e4 * X / np.maximum(X.sum(1, keepdims=True), 1.0))
     return PCA(n_components, random_state=seed).fit_transform(X).astype(np.float32)
+
+
+def leiden_levels(emb: np.ndarray, level_sizes, seed: int = 0, max_cells: int = LEIDEN_MAX_CELLS) -> list[np.ndarray]:
+    """Per-level labels ``[N]`` (coarse to fine): Leiden with its resolution searched for K_l
+    clusters at each level, on the kNN graph of ``emb`` (or of a seeded sample of ``max_cells``
+    cells, the others joining the nearest cluster centre). Where the search ends off K_l, extra
+    clusters are merged by Ward's rule (:func:`ward_groups`); fewer leave paths empty."""
+    from .metrics.clustering import cluster_latent
+
+    emb = np.asarray(emb, dtype=np.float32)
+    sample = np.arange(len(emb))
+    if len(emb) > max_cells:
+        sample = np.sort(np.random.default_rng(seed).choice(len(emb), size=max_cells, replace=False))
+    out = []
+    for k in level_sizes:
+        found = cluster_latent(emb[sample], int(k), method="leiden", seed=seed)
+        found = np.unique(found, return_inverse=True)[1]  # 0..m-1
+        centres = np.stack([emb[sample][found == j].mean(0) for j in range(found.max() + 1)])
+        if len(centres) > k:  # merge the extra clusters the cheapest way
+            groups = ward_groups(centres, np.bincount(found), [int(k)])[int(k)]
+            found = groups[found]
+            centres = np.stack([emb[sample][found == j].mean(0) for j in range(int(k))])
+        if len(sample) < len(emb):  # the cells outside the sample: the nearest centre
+            labels = np.empty(len(emb), dtype=np.int64)
+            for start in range(0, len(emb), 65_536):
+                chunk = emb[start : start + 65_536]
+                labels[start : start + len(chunk)] = ((chunk[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+            labels[sample] = found
+            found = labels
+        out.append(found.astype(np.int64))
+    return out
 
 
 def nested_ward(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarray]:
@@ -272,7 +316,7 @@ def _set_momix(model, emb, labels, sd, spread, pseudo_count):
     for l in range(L):
         prefix = prefix * Ks[l] + lab[:, l]  # row-major index of (y1..yl)
         n_prefixes = math.prod(Ks[: l + 1])
-        counts, sums, _ = _prefix_moments(prefix, x, n_prefixes)
+        counts, sums, squares = _prefix_moments(prefix, x, n_prefixes, squares=l == L - 1)  # last: the paths
         means = torch.as_tensor(sums / np.maximum(counts, 1)[:, None], dtype=torch.float32)  # [P_l, D]
         parents = parent_means[torch.arange(n_prefixes) // Ks[l]]  # [P_l, D]
         for p in np.flatnonzero(counts == 0):  # an empty path sits next to its parent (a jitter keeps siblings apart)
@@ -282,7 +326,6 @@ def _set_momix(model, emb, labels, sd, spread, pseudo_count):
             torch.as_tensor(counts + pseudo_count, dtype=torch.float32).log().reshape(Ks[: l + 1])
         )
         parent_means = means
-    counts, sums, squares = _prefix_moments(prefix, x, model.n_paths)  # the finest level: the paths
     log_sd = torch.empty(model.n_paths, D)
     for p in range(model.n_paths):
         if counts[p] > 2:  # unbiased variance, as torch.var
@@ -294,9 +337,11 @@ def _set_momix(model, emb, labels, sd, spread, pseudo_count):
     model.log_sigma.copy_(log_sd)
 
 
-def _prefix_moments(index: np.ndarray, x: np.ndarray, n: int):
-    """Counts ``[n]``, sums and sums of squares ``[n, D]`` of the rows of ``x`` per ``index``."""
+def _prefix_moments(index: np.ndarray, x: np.ndarray, n: int, squares: bool = True):
+    """Counts ``[n]``, sums and (with ``squares``, else None) sums of squares ``[n, D]`` of the rows
+    of ``x`` per ``index``."""
     counts = np.bincount(index, minlength=n).astype(np.float64)
     sums = np.stack([np.bincount(index, weights=x[:, d], minlength=n) for d in range(x.shape[1])], 1)
-    squares = np.stack([np.bincount(index, weights=x[:, d] ** 2, minlength=n) for d in range(x.shape[1])], 1)
-    return counts, sums, squares
+    if not squares:
+        return counts, sums, None
+    return counts, sums, np.stack([np.bincount(index, weights=x[:, d] ** 2, minlength=n) for d in range(x.shape[1])], 1)

@@ -530,3 +530,63 @@ def test_set_components_by_prefix_sums_equals_masks():
         cells = e[(lab == torch.tensor(prefix)).all(1)]
         expected = (cells.var(0) + extra).sqrt().clamp(min=1e-2) if len(cells) > 2 else sd / math.sqrt(max(Ks))
         assert torch.allclose(model.log_sigma[p].exp(), expected, atol=1e-4), prefix
+
+
+def test_the_marginal_likelihood_does_not_see_the_tree():
+    """Move a fine component from one parent to another (swap paths (0, 2) and (1, 0)) and refit the
+    offsets and conditionals to the moved components: p(z) = sum_y p(y) p(z | y), and so the ELBO and
+    log p(x), are unchanged while the coarse level's posteriors change. With free offsets and
+    conditionals, the data cannot tell the two trees apart: the tree comes from the initialisation
+    (the book's hierarchical chapter and results page)."""
+    model = tiny(MoMixVAE)
+    with torch.no_grad():
+        for p in (*model.offsets, *model.prior_logits):
+            p.normal_()
+        model.log_sigma.normal_(0.0, 0.3)
+    loc, scale, _ = model.components()
+    prior = model.log_prior_paths().exp()  # [K1, K2]
+    perm = torch.arange(model.n_paths)
+    perm[2], perm[3] = 3, 2  # path (0, 2) <-> path (1, 0)
+    moved = tiny(MoMixVAE)
+    K1, K2 = LEVELS
+    a = moved.log_level_scale.exp()
+    with torch.no_grad():
+        moved.load_state_dict(model.state_dict())
+        new_loc, new_prior = loc[perm].reshape(K1, K2, -1), prior.reshape(-1)[perm].reshape(K1, K2)
+        moved.offsets[1].copy_((new_loc - a[0] * moved.offsets[0][:, None]) / a[1])
+        moved.log_sigma.copy_(model.log_sigma[perm])
+        moved.prior_logits[0].copy_(new_prior.sum(1).log())
+        moved.prior_logits[1].copy_(new_prior.log())
+    z = torch.randn(7, 3)
+    torch.testing.assert_close(moved.log_p_z(z), model.log_p_z(z))
+    coarse = [m.log_posterior_paths(z).exp().reshape(7, K1, K2).sum(-1) for m in (model, moved)]
+    assert (coarse[0] - coarse[1]).abs().max() > 1e-3  # the same density, another tree
+
+
+def test_leiden_levels_finds_k_clusters_per_level_and_samples_large_data():
+    from sklearn.metrics import adjusted_rand_score
+
+    from hiermix_pyro.initialise import leiden_levels
+
+    rng = np.random.default_rng(0)
+    coarse = np.repeat([0, 1], 150)  # two far groups of two near clusters each
+    fine = np.repeat([0, 1, 2, 3], 75)
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [30.0, 0.0], [33.0, 0.0]])
+    emb = centres[fine] + 0.3 * rng.standard_normal((300, 2))
+    labels = leiden_levels(emb, (2, 4), seed=0)
+    assert [len(np.unique(lab)) for lab in labels] == [2, 4]
+    assert adjusted_rand_score(coarse, labels[0]) == 1.0 and adjusted_rand_score(fine, labels[1]) == 1.0
+    sampled = leiden_levels(emb, (2, 4), seed=0, max_cells=120)  # the other 180 cells join the nearest centre
+    assert all(len(lab) == 300 for lab in sampled) and adjusted_rand_score(fine, sampled[1]) == 1.0
+    # asked for more clusters than the graph holds apart, or fewer: always labels in 0..K-1
+    assert all(lab.max() < k for lab, k in zip(leiden_levels(emb, (3, 5), seed=1), (3, 5)))
+
+
+@pytest.mark.parametrize("init", ["vae_kmeans", "vae_ward", "vae_leiden"])
+def test_vae_inits_set_the_used_paths(init):
+    """Every VAE-based initialisation ends with the cells' paths carrying almost all prior mass."""
+    adata = prepare(simulate_hierarchy(branching=(2, 2), cells_per_leaf=30, n_genes=40, seed=0), n_hvg=None)
+    model = build_model("momix", adata, ModelConfig(latent_dim=3, hidden_dims=(16,), init=init, init_epochs=2), seed=0)
+    weights = model.log_prior_paths().exp().reshape(-1)
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert 2 <= int((weights > 0.01).sum()) <= 8 and weights.topk(4).values.sum() > 0.5

@@ -78,7 +78,6 @@ def scib_table(run_dirs, label_key: str | None = None, n_jobs: int = 1):
     """scIB scores of many saved runs (``adata.h5ad`` with ``obsm['X_latent']``) on the same cells,
     in one ``Benchmarker``: its JIT compilation is paid once. Adds the unintegrated PCA of the
     log-normalised counts as a reference row (``run = "pca (unintegrated)"``)."""
-    from pathlib import Path
 
     import anndata as ad
 
@@ -127,7 +126,6 @@ def run_name(run_dir: Path) -> str:
 
 def main(argv=None) -> None:
     import argparse
-    from pathlib import Path
 
     p = argparse.ArgumentParser(description="scIB scores of saved runs (one Benchmarker for all).")
     p.add_argument("runs", nargs="+", help="run folders holding adata.h5ad")
