@@ -12,6 +12,8 @@ every number shown is a cell of those files.
   hierarchy's scores, every method of one dataset on one axis per panel (peers in grey, hollow).
 - :func:`compact_table`: one row per method, cells ``mean ± half-width of the CI (n=...)`` and,
   for our models, the Mann-Whitney p against the best peer.
+- :func:`lever_figure`, :func:`lever_table`: each variant's seed-by-seed difference from the
+  study's baseline (``<study>_levers.csv``), with its 95% CI: the lever-by-lever ablation.
 - :func:`settings_figure`, :func:`settings_table`: the VMM's used clusters and NMI against batch
   size and EM learning rate (the ``eb_sweep`` study).
 """
@@ -45,6 +47,7 @@ NAMES = {
     "h_recall": "hierarchical recall",
     "dendrogram_purity": "dendrogram purity",
     "iwae": "IWAE",
+    "val_elbo": "validation ELBO",
     "epochs": "epochs",
 }
 RUN_LEVEL = "all"  # the summary's level of run-wide metrics (hierarchy scores, IWAE, epochs)
@@ -365,6 +368,110 @@ def level_figure(
         fig.suptitle(dataset, x=0.01, ha="left", fontweight="bold")
         fig.tight_layout()
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=ncol, frameon=False)
+    return fig
+
+
+# ---- levers: variants against the study's baseline, seed by seed ----
+def load_levers(name: str, folder: str | Path | None = None) -> pd.DataFrame | None:
+    """``<study>_levers.csv`` (:func:`hiermix_pyro.study.paired_differences`), or None without it."""
+    folder = Path(folder) if folder is not None else results_dir()
+    path = folder / f"{name}_levers.csv"
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    levers = pd.read_csv(path)
+    if levers.empty:
+        return None
+    try:
+        levers = order_methods(levers, load_study(name).methods)
+    except (FileNotFoundError, ValueError):
+        pass
+    return levers
+
+
+def _lever_columns(levers: pd.DataFrame, dataset: str) -> list[tuple[str, str]]:
+    d = levers[levers["dataset"].eq(dataset)]
+    levels = [lvl for lvl in dict.fromkeys(d["level"].astype(str)) if lvl != RUN_LEVEL]
+    run = [m for m in ("h_f1", "dendrogram_purity", "val_elbo") if m in set(d["metric"])]
+    return [
+        *[("ari", lvl) for lvl in levels if ((d["metric"] == "ari") & (d["level"] == lvl)).any()],
+        *[(m, RUN_LEVEL) for m in run],
+    ]
+
+
+def format_difference(mean: float, low: float, high: float, n: int, p: float, digits: int = 3) -> str:
+    """``+0.034 ± 0.020* (n=5) p = 0.01``: the mean difference ± the half-width of its 95% CI, ``*``
+    when the CI excludes 0, n pairs and the paired t-test p (:func:`styled` puts n and p on a
+    second line)."""
+    if pd.isna(mean):
+        return ""
+    hw = half_width(low, high)
+    if pd.isna(hw):
+        return f"{mean:+.{digits}f} (n={int(n)})"
+    star = "*" if low > 0 or high < 0 else ""
+    p_text = f" p = {p:.2g}" if not pd.isna(p) else ""
+    return f"{mean:+.{digits}f} ± {hw:.{digits}f}{star} (n={int(n)}){p_text}"
+
+
+def lever_table(levers: pd.DataFrame, dataset: str, digits: int = 3) -> pd.DataFrame:
+    """One row per variant, one column per (metric, level): the mean seed-by-seed difference from
+    the baseline ± the half-width of its 95% CI (t), n pairs and the paired t-test p; ``*`` where
+    the CI excludes 0. Validation ELBO in nats per cell (higher is better, and needs no labels)."""
+    d = levers[levers["dataset"].eq(dataset)].assign(level=lambda x: x["level"].astype(str))
+    cells = {(r.method, r.metric, r.level): r for r in d.itertuples()}
+    rows = {}
+    for method, label in dict(zip(d["method"], d["label"])).items():
+        row = {}
+        for metric, level in _lever_columns(levers, dataset):
+            r = cells.get((method, metric, level))
+            places = 1 if metric in ("val_elbo", "iwae") else digits
+            row[column_name(metric, level)] = (
+                "" if r is None else format_difference(r.mean_diff, r.ci95_low, r.ci95_high, r.n, r.paired_t_p, places)
+            )
+        rows[label] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = f"variant − {d['baseline'].iloc[0]}" if len(d) else "variant"
+    return table
+
+
+def lever_figure(levers: pd.DataFrame, dataset: str, width: float = FIG_WIDTH) -> Figure | None:
+    """A forest plot: one panel per (metric, level) of :func:`lever_table`, one row per variant, the
+    mean difference from the baseline with its 95% CI and a line at 0 (no change). None when the
+    dataset has no differences."""
+    import matplotlib.pyplot as plt
+
+    d = levers[levers["dataset"].eq(dataset)].assign(level=lambda x: x["level"].astype(str))
+    if d.empty:
+        return None
+    columns = _lever_columns(levers, dataset)
+    methods = list(dict.fromkeys(d["method"]))
+    labels = dict(zip(d["method"], d["label"]))
+    ys = np.arange(len(methods))[::-1]
+    with plt.rc_context(FONT):
+        fig, axes = plt.subplots(
+            1, len(columns), figsize=(width, 0.32 * len(methods) + 1.6), squeeze=False, sharey=True
+        )
+        for ax, (metric, level) in zip(axes[0], columns):
+            g = d[d["metric"].eq(metric) & d["level"].eq(level)].set_index("method").reindex(methods)
+            low = (g["mean_diff"] - g["ci95_low"]).clip(lower=0).fillna(0)
+            high = (g["ci95_high"] - g["mean_diff"]).clip(lower=0).fillna(0)
+            sure = (g["ci95_low"] > 0) | (g["ci95_high"] < 0)
+            colors = np.where(
+                sure & (g["mean_diff"] > 0), plotting.QUALITATIVE[2], np.where(sure, plotting.QUALITATIVE[3], "0.35")
+            )
+            for y, m, lo, hi, c in zip(ys, g["mean_diff"], low, high, colors):
+                ax.errorbar(m, y, xerr=[[lo], [hi]], fmt="o", color=c, ms=5, capsize=2)
+            ax.axvline(0, color="0.6", linewidth=0.8, zorder=0)
+            ax.set_title(
+                column_name(metric, level)
+                .replace("dendrogram ", "dendr. ")
+                .replace("hierarchical ", "hier. ")
+                .replace("validation ", "val. "),
+                fontsize=10.5,
+            )
+            ax.tick_params(axis="x", labelsize=8.5, rotation=45)
+        axes[0, 0].set_yticks(ys, [labels[m] for m in methods], fontsize=9.5)
+        fig.supxlabel(f"difference from {d['baseline'].iloc[0]} (mean over seeds, 95% CI)", fontsize=10.5)
+        fig.tight_layout()
     return fig
 
 

@@ -90,6 +90,7 @@ class Study:
     threads: int = 1
     env: dict = field(default_factory=dict)  # environment variables of every run (e.g. HIERMIX_SCIB)
     description: str = ""
+    baseline: str | None = None  # a variant the others are compared with seed by seed (<study>_levers.csv)
 
     @property
     def methods(self) -> list[str]:
@@ -158,6 +159,10 @@ class Study:
             raise ValueError(f"{self.path.name}: unknown peers {unknown}; valid: {', '.join(PEERS)}")
         if unknown := set(self.peer_settings) - set(PEER_OPTIONS):
             raise ValueError(f"{self.path.name}: unknown peer_settings {sorted(unknown)}; valid: {PEER_OPTIONS}")
+        if self.baseline is not None and self.baseline not in self.variants:
+            raise ValueError(
+                f"{self.path.name}: baseline {self.baseline!r} is not a variant; variants: {', '.join(self.variants)}"
+            )
         if clash := set(self.variants) & set(self.peers):
             raise ValueError(f"{self.path.name}: names used by a variant and a peer: {sorted(clash)}")
         for name in [*self.datasets, *self.variants]:
@@ -212,6 +217,7 @@ def load_study(name_or_path, select: dict | None = None) -> Study:
         threads=int(spec.get("threads", 1)),
         env={k: str(v) for k, v in (spec.get("env") or {}).items()},
         description=spec.get("description", ""),
+        baseline=spec.get("baseline"),
     )
     for key in ("datasets", "variants"):  # a dataset or variant without parameters is its own name
         for name, params in getattr(study, key).items():
@@ -268,7 +274,7 @@ def git_commit(repo=REPO) -> str:
 
 # ---- collect and summarise ----
 LEVEL_METRICS = ("ari", "nmi", "weighted_f1", "purity", "accuracy", "utilized_clusters")
-RUN_METRICS = ("h_f1", "h_precision", "h_recall", "dendrogram_purity", "iwae", "epochs")
+RUN_METRICS = ("h_f1", "h_precision", "h_recall", "dendrogram_purity", "iwae", "val_elbo", "epochs")
 TESTED = ("ari", "nmi", "weighted_f1", "purity", "accuracy", "h_f1", "dendrogram_purity")  # higher is better
 
 
@@ -307,6 +313,7 @@ def collect(study: Study, runs_root="runs") -> pd.DataFrame:
             tree=m.get("hierarchy", {}).get("tree"),
             iwae=m.get("iwae", np.nan),
             elbo=m.get("elbo", np.nan),
+            val_elbo=validation_elbo(run_dir / "history.json", m.get("best_epoch")),
             epochs=epochs,
             best_epoch=m.get("best_epoch"),
             epochs_max=epochs_max,
@@ -327,6 +334,18 @@ def collect(study: Study, runs_root="runs") -> pd.DataFrame:
             "run folders to redo them:\n  " + "\n  ".join(stale)
         )
     return pd.DataFrame(rows)
+
+
+def validation_elbo(history_path: Path, best_epoch) -> float:
+    """The ELBO per validation cell (KL weight 1, no regulariser) at the epoch the run kept: minus
+    ``history.json``'s ``val_loss`` at ``best_epoch``. A score that needs no labels, the one a user
+    can choose settings by. NaN for runs without a history (the peers) or without that epoch."""
+    if best_epoch is None or not history_path.exists():
+        return np.nan
+    history = json.loads(history_path.read_text())
+    by_epoch = dict(zip(history.get("epoch", []), history.get("val_loss", [])))
+    loss = by_epoch.get(int(best_epoch))
+    return -float(loss) if loss is not None and np.isfinite(loss) else np.nan
 
 
 def _comparable(params: dict) -> dict:
@@ -476,9 +495,70 @@ def markdown_table(summary: pd.DataFrame, metrics=("ari", "weighted_f1", "h_f1",
     return "\n".join(lines)
 
 
+LEVER_METRICS = ("ari", "h_f1", "dendrogram_purity", "val_elbo", "iwae")  # the lever table's columns
+
+
+def paired_differences(df: pd.DataFrame, baseline: str, metrics=LEVER_METRICS) -> pd.DataFrame:
+    """Each model variant against ``baseline``, seed by seed: per (dataset, method, level, metric),
+    the differences variant - baseline over the seeds both have, their n, mean, 95% CI (t) and the
+    two-sided paired t-test p. A lever's effect with the seed's data split and initialisation noise
+    paired out. Level-wise metrics per level; run-wide ones at level ``all``."""
+    from scipy import stats
+
+    cols = ["dataset", "method", "label", "seed"]
+    models = df[df["kind"].eq("model")]
+    level_rows = models.melt(
+        id_vars=[*cols, "level"], value_vars=[m for m in metrics if m in LEVEL_METRICS and m in df]
+    )
+    run_rows = (
+        models.drop_duplicates(["dataset", "method", "seed"])
+        .melt(id_vars=cols, value_vars=[m for m in metrics if m in RUN_METRICS and m in df])
+        .assign(level="all")
+    )
+    long = pd.concat([level_rows, run_rows], ignore_index=True).rename(columns={"variable": "metric"})
+    long["value"] = pd.to_numeric(long["value"], errors="coerce")
+    wide = long.pivot_table(index=["dataset", "level", "metric", "seed"], columns="method", values="value")
+    if baseline not in wide:
+        return pd.DataFrame()
+    labels = models.drop_duplicates("method").set_index("method")["label"]
+    level_order = {lvl: i for i, lvl in enumerate(dict.fromkeys([*df["level"], "all"]))}
+    metric_order = {m: i for i, m in enumerate(metrics)}
+    rows = []
+    for method in [m for m in wide.columns if m != baseline]:
+        diff = (wide[method] - wide[baseline]).dropna()
+        for (dataset, level, metric), d in diff.groupby(level=["dataset", "level", "metric"], sort=False):
+            low, high = t_interval(d.to_numpy())
+            p = (
+                float(stats.ttest_1samp(d.to_numpy(), 0.0).pvalue)
+                if len(d) > 1 and np.ptp(d.to_numpy()) > 1e-12
+                else np.nan
+            )
+            rows.append(
+                dict(
+                    dataset=dataset,
+                    method=method,
+                    label=labels.get(method, method),
+                    baseline=baseline,
+                    level=level,
+                    metric=metric,
+                    n=len(d),
+                    mean_diff=float(d.mean()),
+                    ci95_low=low,
+                    ci95_high=high,
+                    paired_t_p=p,
+                    _order=(level_order.get(level, 99), metric_order.get(metric, 99)),
+                )
+            )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    return out.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
 def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs") -> dict[str, Path]:
     """Collect and summarise ``study`` into ``<out_dir>/<study>.csv``, ``<study>_summary.csv`` and
-    ``<study>_summary.md``; returns their paths."""
+    ``<study>_summary.md``, and with a ``baseline`` the seed-by-seed differences of every variant
+    from it into ``<study>_levers.csv`` (:func:`paired_differences`); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = collect(study, runs_root)
@@ -503,6 +583,12 @@ def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs") -> dict[s
         "dendrogram purity).\n\n"
     )
     paths["markdown"].write_text(header + markdown_table(summary))
+    if study.baseline:
+        levers = paired_differences(df, study.baseline) if len(df) else pd.DataFrame()
+        if len(levers):
+            levers.insert(0, "study", str(study.path))
+        paths["levers"] = out_dir / f"{study.name}_levers.csv"
+        levers.to_csv(paths["levers"], index=False)
     return paths
 
 

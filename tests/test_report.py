@@ -186,3 +186,32 @@ def test_confusion_figure_one_panel_per_method():
     assert len(heatmaps) == 2 and heatmaps[0].get_title() == "m (n=3)"
     assert heatmaps[0].images[0].get_array().shape == (2, 3)  # classes a, b; clusters a, b, unmatched
     assert report.confusion_figure(conf, "L9") is None
+
+
+def test_lever_table_and_figure(tmp_path, monkeypatch):
+    from hiermix_pyro.study import paired_differences
+
+    runs = runs_table(methods=("momix", "vae", "pca_leiden"), seeds=(0, 1, 2, 3))
+    runs["val_elbo"] = -100.0 + runs["seed"] + 2.0 * runs["method"].eq("vae")
+    levers = paired_differences(runs, "momix")
+    levers.insert(0, "study", "benchmarks/studies/mine.yaml")
+    levers.to_csv(tmp_path / "mine_levers.csv", index=False)
+    monkeypatch.setenv("HIERMIX_RESULTS_DIR", str(tmp_path))
+    read = report.load_levers("mine")
+    table = report.lever_table(read, "sim")
+    assert list(table.index) == ["vae"] and table.index.name == "variant − momix"
+    assert list(table.columns) == ["ARI L1", "ARI L2", "hierarchical F1", "dendrogram purity", "validation ELBO"]
+    ari = read.query("metric == 'ari' and level == 'L1'").iloc[0]
+    assert (
+        table.loc["vae", "ARI L1"].startswith(f"{ari['mean_diff']:+.3f} ± ") and "(n=4)" in table.loc["vae", "ARI L1"]
+    )
+    assert table.loc["vae", "validation ELBO"] == "+2.0 ± 0.0* (n=4)"  # the same every seed: no p
+    fig = report.lever_figure(read, "sim")
+    assert len(fig.axes) == 5
+    assert report.lever_figure(read, "other") is None and report.load_levers("absent") is None
+
+
+def test_format_difference_marks_intervals_that_exclude_zero():
+    assert report.format_difference(0.1, 0.05, 0.15, 5, 0.01) == "+0.100 ± 0.050* (n=5) p = 0.01"
+    assert report.format_difference(-0.1, -0.3, 0.1, 5, 0.3) == "-0.100 ± 0.200 (n=5) p = 0.3"
+    assert report._two_lines(report.format_difference(0.1, 0.05, 0.15, 5, 0.01)).endswith("\nn=5, p = 0.01")

@@ -223,3 +223,61 @@ def test_peer_metrics_schema(tmp_path):
     # aligned clusters carry class names; where they agree with the truth is the accuracy after matching
     finest = levels[-1]
     assert set(labels[f"aligned_{finest}"]) <= set(labels[finest]) | {"unmatched"}
+
+
+# ---- levers: variants against a baseline, seed by seed ----
+def test_validation_elbo_is_the_kept_epochs(tmp_path):
+    from hiermix_pyro.study import validation_elbo
+
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps(dict(epoch=[1, 2, 3], val_loss=[130.0, 120.5, 125.0])))
+    assert validation_elbo(history, 2) == -120.5
+    assert np.isnan(validation_elbo(history, 9)) and np.isnan(validation_elbo(tmp_path / "none.json", 2))
+    assert np.isnan(validation_elbo(history, None))  # a peer: no epochs
+
+
+def test_collect_reads_the_validation_elbo(finished):
+    study, root = finished
+    run = Path(study.run_dir("sim", "vae", 1, root=str(root)))
+    (run / "history.json").write_text(json.dumps(dict(epoch=[3, 4, 5], val_loss=[12.0, 11.0, 13.0])))
+    df = collect(study, runs_root=str(root)).drop_duplicates(["method", "seed"]).set_index(["method", "seed"])
+    assert df.loc[("vae", 1), "val_elbo"] == -11.0  # best_epoch = epochs - 1 = 4
+    assert np.isnan(df.loc[("vae", 0), "val_elbo"]) and np.isnan(df.loc[("pca_kmeans", 0), "val_elbo"])
+
+
+def test_paired_differences_pair_the_seeds():
+    from hiermix_pyro.study import paired_differences
+
+    rows = []
+    for method, shift in (("base", 0.0), ("lever", 0.1)):
+        for seed, noise in enumerate([0.0, 0.3, -0.2, 0.05]):
+            if method == "lever" and seed == 3:
+                continue  # unfinished: only seeds both have are paired
+            run = dict(dataset="d", method=method, kind="model", label=method, seed=seed, h_f1=0.5 + noise)
+            rows.append(dict(run, level="L1", ari=0.4 + noise + (shift + 0.01 * seed if shift else 0.0)))
+    rows.append(dict(dataset="d", method="peer", kind="peer", label="p", seed=0, level="L1", ari=0.9, h_f1=0.9))
+    out = paired_differences(pd.DataFrame(rows), "base", metrics=("ari", "h_f1"))
+    ari = out.query("metric == 'ari'").iloc[0]
+    # the seeds' large shared noise cancels: differences 0.1, 0.11, 0.12
+    assert set(out["method"]) == {"lever"} and ari["n"] == 3 and ari["mean_diff"] == pytest.approx(0.11)
+    assert (ari["ci95_low"], ari["ci95_high"]) == pytest.approx(t_interval([0.1, 0.11, 0.12]))
+    assert ari["paired_t_p"] == pytest.approx(stats.ttest_1samp([0.1, 0.11, 0.12], 0.0).pvalue)
+    h = out.query("metric == 'h_f1'").iloc[0]
+    assert h["level"] == "all" and h["mean_diff"] == pytest.approx(0.0) and np.isnan(h["paired_t_p"])
+    assert paired_differences(pd.DataFrame(rows), "nobody").empty
+
+
+def test_baseline_must_be_a_variant(tmp_path):
+    with pytest.raises(ValueError, match="baseline 'mixture' is not a variant"):
+        load_study(write_study(tmp_path, STUDY + "baseline: mixture\n"))
+
+
+def test_write_results_levers_with_a_baseline(finished, tmp_path):
+    study, root = finished
+    study.baseline = "vae"
+    paths = write_results(study, tmp_path / "results", runs_root=str(root))
+    levers = pd.read_csv(paths["levers"])
+    # momix_t has seed 0 only: n = 1, no interval; its ARI L1 0.9 against vae's 0.6
+    row = levers.query("metric == 'ari' and level == 'L1'").iloc[0]
+    assert row["method"] == "momix_t" and row["n"] == 1 and row["mean_diff"] == pytest.approx(0.3)
+    assert set(levers["study"]) == {str(study.path)}
