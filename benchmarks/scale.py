@@ -95,7 +95,7 @@ def worker(model_name: str, path: str, out: str, threads: int) -> dict:
     row["n_cells"], row["n_genes"] = adata.n_obs, adata.n_vars
     row["backed"] = adata.X is None
     t, c = phase("load", t, c)
-    options = dict(level_sizes=(2, 4, 5, 9), init_epochs=1) if model_name == "momix" else {}
+    options = dict(level_sizes=(2, 4, 5, 9), init="vae_kmeans", init_epochs=1) if model_name == "momix" else {}
     model_config = ModelConfig(latent_dim=10, hidden_dims=(128,), **options)
     model = build_model(model_name, adata, model_config, seed=0)
     t, c = phase("build", t, c)

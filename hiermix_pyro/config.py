@@ -59,8 +59,12 @@ class ModelConfig:
     prior: str = "normal"  # component family: normal | studentt (multivariate t, learned df)
     guide: str = "collapsed"  # momix: collapsed (q(z|x), y summed out in the model) | structured (q(y|x) q(z|x,y))
     sum_paths: str = "closed_form"  # collapsed guide: closed_form (logsumexp over the [B, P] matrix) | enumerate (Pyro enumerates y1..yL in the model; the same ELBO, slower)
-    init: str = "vae_kmeans"  # components: vae_kmeans (VAE pre-training, nested k-means) | vae_ward (coarser levels by Ward) | vae_leiden (Leiden at K_l per level) | pca_kmeans (reference) | random
-    init_epochs: int = 10  # plain-VAE pre-training epochs of init="vae_kmeans" / "vae_ward" / "vae_leiden"
+    init: str | None = (
+        None  # components: vae_leiden (VAE pre-training, Leiden at K_l per level) | vae_kmeans (nested k-means) | vae_ward (coarser levels by Ward) | pca_kmeans (reference) | random; None: the model's own (momix vae_leiden; mixture, indmom vae_kmeans)
+    )
+    init_epochs: int | None = (
+        None  # plain-VAE pre-training epochs of the vae_* inits; None: the model's own (momix 150; mixture, indmom 10)
+    )
     init_restarts: int = 1  # initialise this many times (seeds seed + 1000 r), keep the best validation ELBO
     usage_lambda: float = 100.0  # marginal-usage regulariser weight during training (reference 100; 0: off): held for half of training, then cosine-decayed to 10%
     # -- VampPrior / Bayesian GMM / VMM priors --

@@ -53,9 +53,10 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
     """
     if method not in INITS:
         raise ValueError(f"unknown init {method!r}; valid: {', '.join(INITS)}")
-    if not method.startswith("vae_") and model.config.init_epochs != type(model.config)().init_epochs:
+    if not method.startswith("vae_") and model.config.init_epochs != type(model).config_defaults.get("init_epochs"):
         raise ValueError(
-            f"init_epochs={model.config.init_epochs} is for init='vae_kmeans' or 'vae_ward', not init={method!r}"
+            f"init_epochs={model.config.init_epochs} is for init='vae_kmeans', 'vae_ward' or 'vae_leiden', "
+            f"not init={method!r}"
         )
     restarts = int(getattr(model.config, "init_restarts", 1))
     if restarts < 1:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -292,7 +292,7 @@ def collect(study: Study, runs_root="runs") -> pd.DataFrame:
             continue
         m = json.loads(path.read_text())
         provenance = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-        if problem := _parameter_mismatch(study, dataset, method, seed, provenance):
+        if problem := _parameter_mismatch(study, dataset, method, seed, provenance, m.get("config")):
             stale.append(f"{run_dir}: {problem}")
             continue
         peer = PEERS.get(method)
@@ -357,9 +357,16 @@ def _comparable(params: dict) -> dict:
     return params
 
 
-def _parameter_mismatch(study: Study, dataset: str, method: str, seed: int, provenance: dict) -> str | None:
+def _parameter_mismatch(
+    study: Study, dataset: str, method: str, seed: int, provenance: dict, config: dict | None = None
+) -> str | None:
     """Why a finished run does not belong to ``study`` as it reads now (None when it does): its
-    ``run.json`` is missing, or its recorded parameters differ from the study's for that run."""
+    ``run.json`` is missing, or its recorded parameters differ from the study's for that run, or
+    (model runs, from ``config``: the configuration ``metrics.json`` records) a model setting the
+    run used differs from what the same parameters give now, because a default changed.
+
+    A parameter the study now names explicitly, which the run got by default, matches when the
+    run's recorded configuration has that value: the run was made with exactly that setting."""
     if "parameters" not in provenance:
         return "no run.json with its parameters: cannot tell which configuration made it"
     if method in PEERS:
@@ -367,10 +374,34 @@ def _parameter_mismatch(study: Study, dataset: str, method: str, seed: int, prov
     else:
         expected = study.parameters(dataset, method, seed)
     recorded, expected = _comparable(provenance["parameters"]), _comparable(expected)
-    keys = sorted(k for k in set(recorded) | set(expected) if recorded.get(k) != expected.get(k))
-    if not keys:
-        return None
-    return "; ".join(f"{k}: run {recorded.get(k)!r}, study {expected.get(k)!r}" for k in keys)
+    used = {
+        k: v for section in _comparable(config or {}).values() if isinstance(section, dict) for k, v in section.items()
+    }
+    keys = sorted(
+        k
+        for k in set(recorded) | set(expected)
+        if recorded.get(k) != expected.get(k) and not (k not in recorded and k in used and used[k] == expected[k])
+    )
+    problems = [f"{k}: run {recorded.get(k)!r}, study {expected.get(k)!r}" for k in keys]
+    if method not in PEERS and config and "model" in config:
+        problems += _default_changes(expected, _comparable(config)["model"])
+    return "; ".join(problems) or None
+
+
+def _default_changes(params: dict, recorded: dict) -> list[str]:
+    """The model settings a run recorded that differ from what ``params`` give now (with today's
+    defaults, the model's own included), among the settings the model uses."""
+    from .models import MODELS
+    from .models.base import COMMON_OPTIONS
+
+    cls = MODELS[params["model"]]
+    now = _comparable(asdict(cls.resolve(from_dict(ModelConfig, params))))
+    used = set(COMMON_OPTIONS) | set(cls.options)
+    return [
+        f"{k}: run {recorded[k]!r}, now {now[k]!r} (a default changed)"
+        for k in sorted(used)
+        if k in recorded and k in now and recorded[k] != now[k]
+    ]
 
 
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
@@ -555,10 +586,61 @@ def paired_differences(df: pd.DataFrame, baseline: str, metrics=LEVER_METRICS) -
     return out.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
+def seed_agreement(study: Study, runs_root="runs") -> pd.DataFrame:
+    """How far the clusterings of different seeds agree, per (dataset, model variant, level): the
+    ARI between the ``obs['cluster_<level>']`` of every pair of finished seeds (each run annotates
+    all cells of the dataset, whatever its split), their mean and minimum, and a row ``level =
+    "mean"`` averaging the levels. It needs no labels: the stability of a clustering under new
+    seeds (data split, initialisation, training noise) is a way to choose settings without labels
+    (Lange et al. 2004, Neural Computation 16(6)). Peers are left out (they save aligned labels)."""
+    import itertools
+
+    import anndata as ad
+    from sklearn.metrics import adjusted_rand_score
+
+    rows = []
+    for dataset in study.datasets:
+        for method in study.variants:
+            runs = {}
+            for seed in study.seeds:
+                run_dir = Path(study.run_dir(dataset, method, seed, root=runs_root))
+                if (run_dir / "metrics.json").exists() and (run_dir / "adata.h5ad").exists():
+                    adata = ad.read_h5ad(run_dir / "adata.h5ad", backed="r")
+                    levels = list(adata.uns["hiermix"]["levels"])
+                    runs[seed] = adata.obs[[f"cluster_{lvl}" for lvl in levels]].astype(str).set_axis(levels, axis=1)
+                    adata.file.close()
+            if len(runs) < 2:
+                continue
+            per_level = {}
+            for a, b in itertools.combinations(sorted(runs), 2):
+                cells = runs[a].index.intersection(runs[b].index)
+                for level in runs[a].columns:
+                    per_level.setdefault(level, []).append(
+                        adjusted_rand_score(runs[a].loc[cells, level], runs[b].loc[cells, level])
+                    )
+            base = dict(dataset=dataset, method=method, n_seeds=len(runs))
+            for level, values in per_level.items():
+                rows.append(
+                    dict(base, level=level, n_pairs=len(values), mean_ari=np.mean(values), min_ari=np.min(values))
+                )
+            means = [np.mean(v) for v in per_level.values()]
+            rows.append(
+                dict(
+                    base,
+                    level="mean",
+                    n_pairs=len(next(iter(per_level.values()))),
+                    mean_ari=np.mean(means),
+                    min_ari=np.nan,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
 def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs") -> dict[str, Path]:
     """Collect and summarise ``study`` into ``<out_dir>/<study>.csv``, ``<study>_summary.csv`` and
     ``<study>_summary.md``, and with a ``baseline`` the seed-by-seed differences of every variant
-    from it into ``<study>_levers.csv`` (:func:`paired_differences`); returns their paths."""
+    from it into ``<study>_levers.csv`` (:func:`paired_differences`) and the agreement between
+    seeds into ``<study>_agreement.csv`` (:func:`seed_agreement`); returns their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = collect(study, runs_root)
@@ -589,6 +671,8 @@ def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs") -> dict[s
             levers.insert(0, "study", str(study.path))
         paths["levers"] = out_dir / f"{study.name}_levers.csv"
         levers.to_csv(paths["levers"], index=False)
+        paths["agreement"] = out_dir / f"{study.name}_agreement.csv"
+        seed_agreement(study, runs_root).to_csv(paths["agreement"], index=False)
     return paths
 
 

@@ -381,6 +381,7 @@ def run(
     check_names(model_name, data_config.dataset)
     adata = load(data_config, model_config.likelihood)
     model = build_model(model_name, adata, model_config, seed=train_config.seed)
+    model_config = model.config  # the model's own defaults filled in (init, init_epochs): what the run records
     output_dir = Path(output_dir or default_output_dir(model_name, data_config, model_config, train_config))
     if train_config.checkpoint_path is None:
         train_config = replace(train_config, checkpoint_path=str(output_dir / "checkpoint.pt"))

@@ -281,3 +281,23 @@ def test_write_results_levers_with_a_baseline(finished, tmp_path):
     row = levers.query("metric == 'ari' and level == 'L1'").iloc[0]
     assert row["method"] == "momix_t" and row["n"] == 1 and row["mean_diff"] == pytest.approx(0.3)
     assert set(levers["study"]) == {str(study.path)}
+
+
+def test_collect_refuses_runs_whose_defaults_changed_and_accepts_named_settings(finished):
+    """A run records its whole configuration (metrics.json): when a default it used has changed,
+    the same parameters no longer mean that run. A setting the study names now, which the run had by
+    default, matches what the run recorded."""
+    study, root = finished
+    path = Path(study.run_dir("sim", "momix_t", 0, root=str(root))) / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["config"]["model"] = dict(
+        latent_dim=10, hidden_dims=[128], likelihood="nb", init="vae_kmeans", init_epochs=1
+    )
+    path.write_text(json.dumps(metrics))  # made when momix's default start was nested k-means
+    with pytest.raises(ValueError, match="init: run 'vae_kmeans', now 'vae_leiden' \\(a default changed\\)"):
+        collect(study, runs_root=str(root))
+    study.variants["momix_t"]["init"] = "vae_kmeans"  # the study names the start the run had by default
+    assert set(collect(study, runs_root=str(root))["method"]) >= {"momix_t"}
+    study.variants["momix_t"]["init"] = "vae_ward"  # ... but not another one
+    with pytest.raises(ValueError, match="init: run None, study 'vae_ward'"):
+        collect(study, runs_root=str(root))

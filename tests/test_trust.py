@@ -312,3 +312,17 @@ def test_papermill_rerun_with_other_settings_does_not_reuse_the_first_run(tmp_pa
         saved = torch.load(run / "checkpoint.pt", weights_only=False)["run_config"]
         metrics = json.loads((run / "metrics.json").read_text())["config"]
         assert saved["model.prior"] == metrics["model"]["prior"] and saved["train.lr"] == metrics["train"]["lr"]
+
+
+def test_models_fill_their_own_defaults_and_runs_record_them(sim_adata):
+    """init and init_epochs left at None take each model's own default; the model's config (what a
+    run saves) has them filled in; the vae, which has no start, keeps None."""
+    from hiermix_pyro.models import MixtureVAE, MoMixVAE
+
+    assert ModelConfig().init is None and ModelConfig().init_epochs is None
+    assert MoMixVAE.resolve(ModelConfig()).init == "vae_leiden" and MoMixVAE.resolve(ModelConfig()).init_epochs == 150
+    assert MixtureVAE.resolve(ModelConfig()).init == "vae_kmeans"
+    assert MoMixVAE.resolve(ModelConfig(init="random")).init == "random"
+    net = build_model("momix", sim_adata, ModelConfig(**SMALL, init_epochs=1))
+    assert net.config.init == "vae_leiden" and net.config.init_epochs == 1
+    assert build_model("vae", sim_adata, ModelConfig(**SMALL)).config.init is None

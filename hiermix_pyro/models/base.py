@@ -26,6 +26,16 @@ class CountModel(nn.Module):
     enumerated = False  # True: discrete sites enumerated by TraceEnum_ELBO
     level_sizes: tuple[int, ...] = ()  # clusters per level, coarse to fine (none for the VAE)
     options: tuple[str, ...] = ()  # ModelConfig fields this model uses beyond COMMON_OPTIONS
+    config_defaults: dict = {}  # this model's values of ModelConfig fields left at None (init, init_epochs)
+
+    @classmethod
+    def resolve(cls, config: ModelConfig) -> ModelConfig:
+        """``config`` with the fields it leaves at None filled by this model's own defaults
+        (``config_defaults``): what the model runs with, and what a run records."""
+        from dataclasses import replace
+
+        own = {k: v for k, v in cls.config_defaults.items() if getattr(config, k) is None}
+        return replace(config, **own) if own else config
 
     @classmethod
     def check_options(cls, config: ModelConfig, name: str | None = None) -> None:
@@ -49,7 +59,7 @@ class CountModel(nn.Module):
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig()):
         super().__init__()
-        self.config = config
+        self.config = config = type(self).resolve(config)
         self.n_genes, self.n_batches = n_genes, n_batches
         self.decoder = Decoder(
             n_genes, n_batches, config.hidden_dims, config.latent_dim, zero_inflated=config.likelihood == "zinb"

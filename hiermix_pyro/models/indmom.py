@@ -52,6 +52,7 @@ class IndMoMVAE(CountModel):
     enumerated = True
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for k and the y's
     options = ("level_sizes", "prior", "init", "init_epochs", "init_restarts", "usage_lambda")  # one guide: q(z | x)
+    config_defaults = {"init": "vae_kmeans", "init_epochs": 10}
 
     def __init__(
         self,
@@ -81,7 +82,7 @@ class IndMoMVAE(CountModel):
 
         sizes = config.level_sizes or tuple(n_classes(adata)) or (2, 4)
         model = cls(adata.n_vars, n_batches(adata), config, level_sizes=sizes)
-        return initialise(model, adata, config.init, seed=seed)
+        return initialise(model, adata, model.config.init, seed=seed)
 
     def components(self):
         df = F.softplus(self.df_raw) + 1.0 if self.config.prior == "studentt" else None

@@ -36,6 +36,7 @@ class MixtureVAE(MoMixVAE):
 
     pyro_name = "mixture"
     options = ("n_components", "prior", "guide", "sum_paths", "init", "init_epochs", "init_restarts", "usage_lambda")
+    config_defaults = {"init": "vae_kmeans", "init_epochs": 10}
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = 10):
         super().__init__(n_genes, n_batches, config, level_sizes=(n_components,))
@@ -48,7 +49,7 @@ class MixtureVAE(MoMixVAE):
 
         K = config.n_components or (n_classes(adata) or [10])[-1]
         model = cls(adata.n_vars, n_batches(adata), config, n_components=K)
-        return initialise(model, adata, config.init, seed=seed)
+        return initialise(model, adata, model.config.init, seed=seed)
 
     @property
     def K(self) -> int:

@@ -97,6 +97,7 @@ class MoMixVAE(CountModel):
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for the y's
     pyro_name = "momix"
     options = ("level_sizes", "prior", "guide", "sum_paths", "init", "init_epochs", "init_restarts", "usage_lambda")
+    config_defaults = {"init": "vae_leiden", "init_epochs": 150}  # the hierarchy study's choice (results page)
 
     @property
     def enumerated(self) -> bool:
@@ -147,7 +148,7 @@ class MoMixVAE(CountModel):
 
         sizes = config.level_sizes or tuple(n_classes(adata)) or (2, 4)
         model = cls(adata.n_vars, n_batches(adata), config, level_sizes=sizes)
-        return initialise(model, adata, config.init, seed=seed)
+        return initialise(model, adata, model.config.init, seed=seed)
 
     @property
     def n_paths(self) -> int:
