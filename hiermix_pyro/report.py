@@ -433,6 +433,30 @@ def lever_table(levers: pd.DataFrame, dataset: str, digits: int = 3) -> pd.DataF
     return table
 
 
+def label_free_choice(levers: pd.DataFrame, dataset: str, metric: str = "val_elbo") -> str | None:
+    """The variant a user without labels would choose: the highest mean difference in ``metric``
+    (validation ELBO) from the baseline among the variants with the most seeds; the baseline itself
+    when no variant's mean is above it. A sentence for the page; None without that metric."""
+    d = levers[levers["dataset"].eq(dataset) & levers["metric"].eq(metric)]
+    if d.empty:
+        return None
+    d = d[d["n"].eq(d["n"].max())]
+    best = d.loc[d["mean_diff"].idxmax()]
+    baseline = best["baseline"]
+    name = NAMES.get(metric, metric)
+    if best["mean_diff"] <= 0:
+        return f"Chosen without labels ({name}): the baseline `{baseline}`; no variant's mean is above it."
+    ci = (
+        f"95% CI {best['ci95_low']:+.2f} to {best['ci95_high']:+.2f}"
+        if not pd.isna(best["ci95_low"])
+        else "one seed, no interval"
+    )
+    return (
+        f"Chosen without labels (the highest {name}): `{best['method']}`, {best['mean_diff']:+.2f} nats per "
+        f"cell against `{baseline}` ({ci}, n={int(best['n'])})."
+    )
+
+
 def lever_figure(levers: pd.DataFrame, dataset: str, width: float = FIG_WIDTH) -> Figure | None:
     """A forest plot: one panel per (metric, level) of :func:`lever_table`, one row per variant, the
     mean difference from the baseline with its 95% CI and a line at 0 (no change). None when the
@@ -455,19 +479,12 @@ def lever_figure(levers: pd.DataFrame, dataset: str, width: float = FIG_WIDTH) -
             low = (g["mean_diff"] - g["ci95_low"]).clip(lower=0).fillna(0)
             high = (g["ci95_high"] - g["mean_diff"]).clip(lower=0).fillna(0)
             sure = (g["ci95_low"] > 0) | (g["ci95_high"] < 0)
-            colors = np.where(
-                sure & (g["mean_diff"] > 0), plotting.QUALITATIVE[2], np.where(sure, plotting.QUALITATIVE[3], "0.35")
-            )
+            better, worse = plotting.QUALITATIVE[2], plotting.QUALITATIVE[3]  # green, red
+            colors = [(better if m > 0 else worse) if s else "0.35" for m, s in zip(g["mean_diff"], sure)]
             for y, m, lo, hi, c in zip(ys, g["mean_diff"], low, high, colors):
                 ax.errorbar(m, y, xerr=[[lo], [hi]], fmt="o", color=c, ms=5, capsize=2)
             ax.axvline(0, color="0.6", linewidth=0.8, zorder=0)
-            ax.set_title(
-                column_name(metric, level)
-                .replace("dendrogram ", "dendr. ")
-                .replace("hierarchical ", "hier. ")
-                .replace("validation ", "val. "),
-                fontsize=10.5,
-            )
+            ax.set_title(column_name(metric, level).replace(" ", "\n", 1), fontsize=10.5)  # narrow panels
             ax.tick_params(axis="x", labelsize=8.5, rotation=45)
         axes[0, 0].set_yticks(ys, [labels[m] for m in methods], fontsize=9.5)
         fig.supxlabel(f"difference from {d['baseline'].iloc[0]} (mean over seeds, 95% CI)", fontsize=10.5)

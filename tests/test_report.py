@@ -206,6 +206,10 @@ def test_lever_table_and_figure(tmp_path, monkeypatch):
         table.loc["vae", "ARI L1"].startswith(f"{ari['mean_diff']:+.3f} ± ") and "(n=4)" in table.loc["vae", "ARI L1"]
     )
     assert table.loc["vae", "validation ELBO"] == "+2.0 ± 0.0* (n=4)"  # the same every seed: no p
+    assert report.label_free_choice(read, "sim").startswith(
+        "Chosen without labels (the highest validation ELBO): `vae`, +2.00"
+    )
+    assert "the baseline `momix`" in report.label_free_choice(read.assign(mean_diff=-1.0), "sim")
     fig = report.lever_figure(read, "sim")
     assert len(fig.axes) == 5
     assert report.lever_figure(read, "other") is None and report.load_levers("absent") is None
