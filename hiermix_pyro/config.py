@@ -63,7 +63,7 @@ class ModelConfig:
         None  # components: vae_leiden (VAE pre-training, Leiden at K_l per level) | vae_kmeans (nested k-means) | vae_ward (coarser levels by Ward) | pca_kmeans (reference) | random; None: the model's own (momix vae_leiden; mixture, indmom vae_kmeans)
     )
     init_epochs: int | None = (
-        None  # plain-VAE pre-training epochs of the vae_* inits; None: the model's own (momix 150; mixture, indmom 10)
+        None  # plain-VAE pre-training epochs of the vae_* inits; None: the model's own (momix 50; mixture, indmom 10)
     )
     init_restarts: int = 1  # initialise this many times (seeds seed + 1000 r), keep the best validation ELBO
     usage_lambda: float = 100.0  # marginal-usage regulariser weight during training (reference 100; 0: off): held for half of training, then cosine-decayed to 10%

@@ -457,6 +457,41 @@ def label_free_choice(levers: pd.DataFrame, dataset: str, metric: str = "val_elb
     )
 
 
+def load_agreement(name: str, folder: str | Path | None = None) -> pd.DataFrame | None:
+    """``<study>_agreement.csv`` (:func:`hiermix_pyro.study.seed_agreement`), or None without it."""
+    folder = Path(folder) if folder is not None else results_dir()
+    path = folder / f"{name}_agreement.csv"
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    agreement = pd.read_csv(path)
+    return None if agreement.empty else agreement
+
+
+def agreement_table(agreement: pd.DataFrame, dataset: str, digits: int = 3) -> pd.DataFrame:
+    """One row per variant (with its number of seeds), one column per level and their mean: the
+    mean ARI between the clusterings of two seeds of the same variant."""
+    d = agreement[agreement["dataset"].eq(dataset)].assign(level=lambda x: x["level"].astype(str))
+    table = d.pivot_table(index="method", columns="level", values="mean_ari", sort=False).round(digits)
+    seeds = d.drop_duplicates("method").set_index("method")["n_seeds"].astype(int)
+    table.index = [f"{m} (n={seeds[m]})" for m in table.index]
+    table.index.name = "variant (seeds)"
+    table.columns.name = None
+    return table
+
+
+def agreement_choice(agreement: pd.DataFrame, dataset: str) -> str | None:
+    """The variant whose seeds agree most (the mean over levels), among those with at least 3 seeds."""
+    d = agreement[agreement["dataset"].eq(dataset) & agreement["level"].astype(str).eq("mean")]
+    d = d[d["n_seeds"] >= 3]
+    if d.empty:
+        return None
+    best = d.loc[d["mean_ari"].idxmax()]
+    return (
+        f"Chosen without labels (the most stable across seeds): `{best['method']}`, mean ARI "
+        f"{best['mean_ari']:.3f} between two seeds' clusterings (n={int(best['n_seeds'])} seeds)."
+    )
+
+
 def lever_figure(levers: pd.DataFrame, dataset: str, width: float = FIG_WIDTH) -> Figure | None:
     """A forest plot: one panel per (metric, level) of :func:`lever_table`, one row per variant, the
     mean difference from the baseline with its 95% CI and a line at 0 (no change). None when the

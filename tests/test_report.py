@@ -219,3 +219,19 @@ def test_format_difference_marks_intervals_that_exclude_zero():
     assert report.format_difference(0.1, 0.05, 0.15, 5, 0.01) == "+0.100 ± 0.050* (n=5) p = 0.01"
     assert report.format_difference(-0.1, -0.3, 0.1, 5, 0.3) == "-0.100 ± 0.200 (n=5) p = 0.3"
     assert report._two_lines(report.format_difference(0.1, 0.05, 0.15, 5, 0.01)).endswith("\nn=5, p = 0.01")
+
+
+def test_agreement_table_and_choice(tmp_path, monkeypatch):
+    rows = [
+        dict(dataset="sim", method=m, n_seeds=n, level=lvl, n_pairs=3, mean_ari=v, min_ari=v)
+        for m, n, values in (("a", 3, (0.9, 0.7)), ("b", 2, (1.0, 1.0)), ("c", 4, (0.8, 0.6)))
+        for lvl, v in zip(("L1", "mean"), values)
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "mine_agreement.csv", index=False)
+    monkeypatch.setenv("HIERMIX_RESULTS_DIR", str(tmp_path))
+    agreement = report.load_agreement("mine")
+    table = report.agreement_table(agreement, "sim")
+    assert list(table.index) == ["a (n=3)", "b (n=2)", "c (n=4)"] and list(table.columns) == ["L1", "mean"]
+    # b agrees most but has two seeds only: the choice needs three
+    assert "`a`, mean ARI 0.700" in report.agreement_choice(agreement, "sim")
+    assert report.load_agreement("absent") is None

@@ -320,7 +320,7 @@ def test_models_fill_their_own_defaults_and_runs_record_them(sim_adata):
     from hiermix_pyro.models import MixtureVAE, MoMixVAE
 
     assert ModelConfig().init is None and ModelConfig().init_epochs is None
-    assert MoMixVAE.resolve(ModelConfig()).init == "vae_leiden" and MoMixVAE.resolve(ModelConfig()).init_epochs == 150
+    assert MoMixVAE.resolve(ModelConfig()).init == "vae_leiden" and MoMixVAE.resolve(ModelConfig()).init_epochs == 50
     assert MixtureVAE.resolve(ModelConfig()).init == "vae_kmeans"
     assert MoMixVAE.resolve(ModelConfig(init="random")).init == "random"
     net = build_model("momix", sim_adata, ModelConfig(**SMALL, init_epochs=1))

@@ -97,7 +97,7 @@ class MoMixVAE(CountModel):
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for the y's
     pyro_name = "momix"
     options = ("level_sizes", "prior", "guide", "sum_paths", "init", "init_epochs", "init_restarts", "usage_lambda")
-    config_defaults = {"init": "vae_leiden", "init_epochs": 150}  # the hierarchy study's choice (results page)
+    config_defaults = {"init": "vae_leiden", "init_epochs": 50}  # the hierarchy study's choice without labels (results page)
 
     @property
     def enumerated(self) -> bool:
