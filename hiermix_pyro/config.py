@@ -66,7 +66,9 @@ class ModelConfig:
         None  # plain-VAE pre-training epochs of the vae_* inits; None: the model's own (momix 50; mixture, indmom 10)
     )
     init_restarts: int = 1  # initialise this many times (seeds seed + 1000 r), keep the best validation ELBO
-    usage_lambda: float = 100.0  # marginal-usage regulariser weight during training (reference 100; 0: off): held for half of training, then cosine-decayed to 10%
+    usage_lambda: float | None = (
+        None  # marginal-usage regulariser weight during training (reference 100; 0: off): held for half of training, then cosine-decayed to 10%; None: the model's own (momix 0, mixture / indmom 100)
+    )
     # -- VampPrior / Bayesian GMM / VMM priors --
     # (vampprior, gmm, vmm use K = n_components, default 100 for them)
     em_update: str = "gradient"  # gmm M-step: gradient (one Adam step on the MAP objective) | closed

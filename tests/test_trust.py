@@ -322,6 +322,9 @@ def test_models_fill_their_own_defaults_and_runs_record_them(sim_adata):
     assert ModelConfig().init is None and ModelConfig().init_epochs is None
     assert MoMixVAE.resolve(ModelConfig()).init == "vae_leiden" and MoMixVAE.resolve(ModelConfig()).init_epochs == 50
     assert MixtureVAE.resolve(ModelConfig()).init == "vae_kmeans"
+    assert (
+        MoMixVAE.resolve(ModelConfig()).usage_lambda == 0.0 and MixtureVAE.resolve(ModelConfig()).usage_lambda == 100.0
+    )
     assert MoMixVAE.resolve(ModelConfig(init="random")).init == "random"
     net = build_model("momix", sim_adata, ModelConfig(**SMALL, init_epochs=1))
     assert net.config.init == "vae_leiden" and net.config.init_epochs == 1

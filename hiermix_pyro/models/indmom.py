@@ -52,7 +52,7 @@ class IndMoMVAE(CountModel):
     enumerated = True
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for k and the y's
     options = ("level_sizes", "prior", "init", "init_epochs", "init_restarts", "usage_lambda")  # one guide: q(z | x)
-    config_defaults = {"init": "vae_kmeans", "init_epochs": 10}
+    config_defaults = {"init": "vae_kmeans", "init_epochs": 10, "usage_lambda": 100.0}
 
     def __init__(
         self,

@@ -97,7 +97,8 @@ class MoMixVAE(CountModel):
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for the y's
     pyro_name = "momix"
     options = ("level_sizes", "prior", "guide", "sum_paths", "init", "init_epochs", "init_restarts", "usage_lambda")
-    config_defaults = {"init": "vae_leiden", "init_epochs": 50}  # the hierarchy study's choice without labels (results page)
+    # the hierarchy study's choice without labels (results page): Leiden start, no usage regulariser
+    config_defaults = {"init": "vae_leiden", "init_epochs": 50, "usage_lambda": 0.0}
 
     @property
     def enumerated(self) -> bool:
@@ -280,7 +281,7 @@ class MoMixVAE(CountModel):
 
     def schedule(self, progress: float, beta: float) -> dict:
         """The usage regulariser's weight: lambda for the first half, then cosine-decayed to
-        lambda / 10 (none when ``config.usage_lambda`` is 0; the default is 100, as in the reference)."""
+        lambda / 10 (none when ``config.usage_lambda`` is 0, momix's default; the reference used 100)."""
         return usage_schedule(self.config.usage_lambda, progress)
 
     # ---- structured guide: q(y | x) ----
