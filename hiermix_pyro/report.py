@@ -493,9 +493,10 @@ def agreement_choice(agreement: pd.DataFrame, dataset: str) -> str | None:
 
 
 def lever_figure(levers: pd.DataFrame, dataset: str, width: float = FIG_WIDTH) -> Figure | None:
-    """A forest plot: one panel per (metric, level) of :func:`lever_table`, one row per variant, the
-    mean difference from the baseline with its 95% CI and a line at 0 (no change). None when the
-    dataset has no differences."""
+    """A forest plot: one panel per (metric, level) of :func:`lever_table` (narrow panels: hier. F1
+    is the hierarchical F1, dendr. purity the dendrogram purity, val. ELBO the validation ELBO in
+    nats per cell), one row per variant, the mean difference from the baseline with its 95% CI
+    and a line at 0 (no change). None when the dataset has no differences."""
     import matplotlib.pyplot as plt
 
     d = levers[levers["dataset"].eq(dataset)].assign(level=lambda x: x["level"].astype(str))
@@ -519,7 +520,8 @@ def lever_figure(levers: pd.DataFrame, dataset: str, width: float = FIG_WIDTH) -
             for y, m, lo, hi, c in zip(ys, g["mean_diff"], low, high, colors):
                 ax.errorbar(m, y, xerr=[[lo], [hi]], fmt="o", color=c, ms=5, capsize=2)
             ax.axvline(0, color="0.6", linewidth=0.8, zorder=0)
-            ax.set_title(column_name(metric, level).replace(" ", "\n", 1), fontsize=10.5)  # narrow panels
+            short = {"h_f1": "hier.\nF1", "dendrogram_purity": "dendr.\npurity", "val_elbo": "val.\nELBO"}
+            ax.set_title(short.get(metric) or column_name(metric, level).replace(" ", "\n", 1), fontsize=10.5)
             ax.tick_params(axis="x", labelsize=8.5, rotation=45)
         axes[0, 0].set_yticks(ys, [labels[m] for m in methods], fontsize=9.5)
         fig.supxlabel(f"difference from {d['baseline'].iloc[0]} (mean over seeds, 95% CI)", fontsize=10.5)
