@@ -372,14 +372,20 @@ def level_figure(
 
 
 # ---- levers: variants against the study's baseline, seed by seed ----
-def load_levers(name: str, folder: str | Path | None = None) -> pd.DataFrame | None:
-    """``<study>_levers.csv`` (:func:`hiermix_pyro.study.paired_differences`), or None without it."""
-    folder = Path(folder) if folder is not None else results_dir()
-    path = folder / f"{name}_levers.csv"
+def _read_study_file(name: str, suffix: str, folder: str | Path | None = None) -> pd.DataFrame | None:
+    """``<folder>/<study>_<suffix>.csv`` as a table, or None when it is missing or empty."""
+    path = (Path(folder) if folder is not None else results_dir()) / f"{name}_{suffix}.csv"
     if not path.exists() or path.stat().st_size == 0:
         return None
-    levers = pd.read_csv(path)
-    if levers.empty:
+    table = pd.read_csv(path)
+    return None if table.empty else table
+
+
+def load_levers(name: str, folder: str | Path | None = None) -> pd.DataFrame | None:
+    """``<study>_levers.csv`` (:func:`hiermix_pyro.study.paired_differences`) in the study file's
+    order of methods, or None without it."""
+    levers = _read_study_file(name, "levers", folder)
+    if levers is None:
         return None
     try:
         levers = order_methods(levers, load_study(name).methods)
@@ -459,12 +465,7 @@ def label_free_choice(levers: pd.DataFrame, dataset: str, metric: str = "val_elb
 
 def load_agreement(name: str, folder: str | Path | None = None) -> pd.DataFrame | None:
     """``<study>_agreement.csv`` (:func:`hiermix_pyro.study.seed_agreement`), or None without it."""
-    folder = Path(folder) if folder is not None else results_dir()
-    path = folder / f"{name}_agreement.csv"
-    if not path.exists() or path.stat().st_size == 0:
-        return None
-    agreement = pd.read_csv(path)
-    return None if agreement.empty else agreement
+    return _read_study_file(name, "agreement", folder)
 
 
 def agreement_table(agreement: pd.DataFrame, dataset: str, digits: int = 3) -> pd.DataFrame:
