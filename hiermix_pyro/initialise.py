@@ -135,15 +135,18 @@ def leiden_levels(emb: np.ndarray, level_sizes, seed: int = 0, max_cells: int = 
     sample = np.arange(len(emb))
     if len(emb) > max_cells:
         sample = np.sort(np.random.default_rng(seed).choice(len(emb), size=max_cells, replace=False))
+    sub = emb[sample]  # the cells Leiden sees, copied once
+
+    def centres_of(groups):  # [m, D]: the mean of each group 0..m-1
+        return np.stack([sub[groups == j].mean(0) for j in range(groups.max() + 1)])
+
     out = []
     for k in level_sizes:
-        found = cluster_latent(emb[sample], int(k), method="leiden", seed=seed)
-        found = np.unique(found, return_inverse=True)[1]  # 0..m-1
-        centres = np.stack([emb[sample][found == j].mean(0) for j in range(found.max() + 1)])
+        found = np.unique(cluster_latent(sub, int(k), method="leiden", seed=seed), return_inverse=True)[1]  # 0..m-1
+        centres = centres_of(found)
         if len(centres) > k:  # merge the extra clusters the cheapest way
-            groups = ward_groups(centres, np.bincount(found), [int(k)])[int(k)]
-            found = groups[found]
-            centres = np.stack([emb[sample][found == j].mean(0) for j in range(int(k))])
+            found = ward_groups(centres, np.bincount(found), [int(k)])[int(k)][found]
+            centres = centres_of(found)
         if len(sample) < len(emb):  # the cells outside the sample: the nearest centre
             labels = np.empty(len(emb), dtype=np.int64)
             for start in range(0, len(emb), 65_536):
