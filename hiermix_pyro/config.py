@@ -57,7 +57,7 @@ class ModelConfig:
     # -- hierarchical mixtures (momix, indmom) --
     level_sizes: tuple[int, ...] | None = None  # clusters per level, coarse to fine (None: classes per label level)
     prior: str = "normal"  # component family: normal | studentt (multivariate t, learned df)
-    guide: str = "collapsed"  # momix: collapsed (q(z|x), y summed out in the model) | structured (q(y|x) q(z|x,y))
+    guide: str = "collapsed"  # momix: collapsed (q(z|x), y summed out in the model) | structured (q(y|x) q(z|x,y)) | structured_y (q(y|x) q(z|x))
     sum_paths: str = "closed_form"  # collapsed guide: closed_form (logsumexp over the [B, P] matrix) | enumerate (Pyro enumerates y1..yL in the model; the same ELBO, slower)
     init: str | None = (
         None  # components: vae_leiden (VAE pre-training, Leiden at K_l per level) | vae_kmeans (nested k-means) | vae_ward (coarser levels by Ward) | pca_kmeans (reference) | random; None: the model's own (momix vae_leiden; mixture, indmom vae_kmeans)

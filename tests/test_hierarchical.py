@@ -27,6 +27,7 @@ VARIANTS = [
     (MoMixVAE, "collapsed", "studentt"),
     (MoMixVAE, "structured", "normal"),
     (MoMixVAE, "structured", "studentt"),
+    (MoMixVAE, "structured_y", "normal"),
     (IndMoMVAE, "collapsed", "normal"),
     (IndMoMVAE, "collapsed", "studentt"),
 ]
@@ -65,9 +66,12 @@ def test_sites_loss_and_step(cls, guide, prior, x):
     ).get_trace(x)
     ys = [f"y{l + 1}" for l in range(len(LEVELS))]
     # momix's collapsed model sums y out in closed form (no y sites); indmom enumerates them
-    model_ys = ys if cls is IndMoMVAE or guide == "structured" else []
+    model_ys = ys if cls is IndMoMVAE or guide != "collapsed" else []
     assert sample_names(model_trace) == (["k"] if cls is IndMoMVAE else []) + model_ys + ["z", "x"]
-    assert sample_names(guide_trace) == (ys + ["z"] if guide == "structured" else ["z"])
+    assert sample_names(guide_trace) == (["z"] if guide == "collapsed" else ys + ["z"])
+    if guide == "structured_y":  # one z per cell, whatever the path: the decoder runs once
+        assert guide_trace.nodes["z"]["value"].shape == (B, 3)
+        assert model_trace.nodes["x"]["fn"].batch_shape == (B,)
     model_trace.compute_log_prob()
     assert model_trace.nodes["x"]["log_prob"].shape[-1] == B
     loss = elbo.loss(model.model, model.guide, x)
@@ -80,7 +84,10 @@ def test_sites_loss_and_step(cls, guide, prior, x):
 @pytest.mark.parametrize(
     "levels", [(2, 4, 5, 9), (3, 3, 3, 3, 3), (4, 25)], ids=["reference-360", "deeper-243", "wider-100"]
 )
-@pytest.mark.parametrize("cls, guide", [(MoMixVAE, "collapsed"), (MoMixVAE, "structured"), (IndMoMVAE, "collapsed")])
+@pytest.mark.parametrize(
+    "cls, guide",
+    [(MoMixVAE, "collapsed"), (MoMixVAE, "structured"), (MoMixVAE, "structured_y"), (IndMoMVAE, "collapsed")],
+)
 def test_reference_deeper_and_wider_hierarchies(cls, guide, levels, x):
     """The reference's 2/4/5/9 (360 paths), a 5-level and a wide 2-level tree: finite loss, a
     step, one posterior per level that sums to one."""
@@ -216,6 +223,29 @@ def test_structured_elbo_equals_brute_force(x):
                 - log_q_y[:, y1, y2]
             )
             elbo += log_q_y[:, y1, y2].exp() * term
+    assert loss == pytest.approx(-elbo.sum().item(), rel=1e-5)
+
+
+def test_structured_y_elbo_equals_brute_force(x):
+    """guide="structured_y": TraceEnum_ELBO = E_q(z | x)[log p(x | z) - log q(z | x)] + sum over
+    paths of q(y | x) (log p(y) + log p(z | y) - log q(y | x)), with the guide's one z per cell."""
+    model = tiny(MoMixVAE, "structured_y", "normal")
+    assert model.encoder.head.loc.in_features == 8  # no one-hot y inputs
+    pyro.set_rng_seed(5)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model.model, model.guide, x)
+    pyro.set_rng_seed(5)
+    z = poutine.trace(poutine.enum(model.guide, first_available_dim=-2)).get_trace(x).nodes["z"]["value"]  # [B, D]
+    K1, K2 = LEVELS
+    loc, scale, _ = model.components()
+    q_z = model.q_z(x)
+    log_q_y = model.log_q_paths(model.encoder.hidden(x))  # [B, K1, K2]
+    log_p_y = model.log_prior_paths()  # [K1, K2]
+    with torch.no_grad():
+        elbo = model.px(z, x).log_prob(x) - q_z.log_prob(z)
+        for y1, y2 in itertools.product(range(K1), range(K2)):
+            p = y1 * K2 + y2
+            log_p_z_y = dist.Normal(loc[p], scale[p]).log_prob(z).sum(-1)
+            elbo += log_q_y[:, y1, y2].exp() * (log_p_y[y1, y2] + log_p_z_y - log_q_y[:, y1, y2])
     assert loss == pytest.approx(-elbo.sum().item(), rel=1e-5)
 
 
@@ -369,7 +399,7 @@ def test_usage_schedule_and_plain_default(x):
     assert losses[0] == losses[1] < losses[2]
 
 
-@pytest.mark.parametrize("guide", ["collapsed", "structured"])
+@pytest.mark.parametrize("guide", ["collapsed", "structured", "structured_y"])
 def test_iwae_is_a_valid_bound(guide):
     """IWAE_1 ~ ELBO (exact in y), IWAE grows with S (on average over cells)."""
     model = tiny(MoMixVAE, guide, "normal")

@@ -29,6 +29,8 @@ class MixtureVAE(MoMixVAE):
     - ``guide="collapsed"`` (the package default, as for momix): q(z | x), y summed out in the model;
     - ``guide="structured"``: q(y | x) q(z | x, y), y enumerated in the guide: scVAE's GMVAE, whose
       decoder runs once per component. scVAE keeps p(y) uniform; here pi is learned, as in momix.
+    - ``guide="structured_y"``: q(y | x) q(z | x), y enumerated in the guide, one z per cell (the
+      structured guide's cheap variant; not in scVAE).
 
     Cluster of a cell: argmax of its posterior over y. Sample-site shapes: those of
     :class:`MoMixVAE` with one level (``y1`` is the cluster variable).

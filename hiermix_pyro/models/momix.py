@@ -24,7 +24,7 @@ from ..nn import Encoder, cat_broadcast
 from ..priors import ComponentDensity, DiagComponents, PathMixture, categorical_kl, path_index, take_enumerated
 from .base import CountModel, n_batches, n_classes
 
-GUIDES = ("collapsed", "structured")
+GUIDES = ("collapsed", "structured", "structured_y")
 PRIORS = ("normal", "studentt")
 SUM_PATHS = ("closed_form", "enumerate")
 
@@ -70,6 +70,11 @@ class MoMixVAE(CountModel):
       decoder runs once per z.
     - ``guide="structured"``: q(y1 | x) q(yl | x, y<l) q(z | x, y), the y's enumerated in the
       guide (scVAE's scheme); the decoder runs once per path.
+    - ``guide="structured_y"``: the structured guide's q(y | x) with one q(z | x) shared by all
+      paths, q(y1 | x) q(yl | x, y<l) q(z | x) (not in the papers: the cheap variant of the
+      structured guide that the hierarchy study measures). The y's are enumerated in the guide,
+      but z does not depend on them: the decoder runs once per z, and the sum over paths is over
+      log p(y) + log p(z | y) - log q(y | x) only.
 
     Shapes (``Trace.format_shapes()``, B=4, levels 2/3, D=2, G=50), collapsed guide::
 
@@ -104,7 +109,7 @@ class MoMixVAE(CountModel):
     def enumerated(self) -> bool:
         """Whether TraceEnum_ELBO has y sites to enumerate: in the guide (structured) or in the
         model (collapsed, ``sum_paths="enumerate"``); with ``"closed_form"`` the model has none."""
-        return self.config.guide == "structured" or self.config.sum_paths == "enumerate"
+        return self.config.guide != "collapsed" or self.config.sum_paths == "enumerate"
 
     def __init__(
         self,
@@ -119,8 +124,10 @@ class MoMixVAE(CountModel):
                 f"guide must be one of {GUIDES}, prior one of {PRIORS} and sum_paths one of {SUM_PATHS}, "
                 f"got {config.guide!r}, {config.prior!r}, {config.sum_paths!r}"
             )
-        if config.guide == "structured" and config.sum_paths != "closed_form":
-            raise ValueError("sum_paths is for the collapsed guide: the structured guide enumerates y in the guide")
+        if config.guide != "collapsed" and config.sum_paths != "closed_form":
+            raise ValueError(
+                f"sum_paths is for the collapsed guide: the {config.guide} guide enumerates y in the guide"
+            )
         self.level_sizes = tuple(int(k) for k in level_sizes)
         Ks, D, L = self.level_sizes, config.latent_dim, len(level_sizes)
         # p(yl | y<l): logits per prefix, [K1, ..., K(l-1), Kl]; uniform at initialisation
@@ -130,10 +137,10 @@ class MoMixVAE(CountModel):
         self.log_level_scale = nn.Parameter(torch.tensor([math.log(2.0 * 0.5**l) for l in range(L)]))
         self.log_sigma = nn.Parameter(torch.zeros(self.n_paths, D))  # per path
         self.df_raw = nn.Parameter(torch.full((self.n_paths,), math.log(math.expm1(5.0))))  # nu = 5
-        if config.guide == "collapsed":  # q(z | x)
-            self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, D)
-        else:  # q(y1 | x), q(yl | x, y<l) = softmax(W_l h + E_l[y<l]), q(z | x, onehot(y1..yL))
-            self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, D, n_extra=sum(Ks))
+        # q(z | x), or (structured) q(z | x, onehot(y1..yL))
+        n_extra = sum(Ks) if config.guide == "structured" else 0
+        self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, D, n_extra=n_extra)
+        if config.guide != "collapsed":  # q(y1 | x), q(yl | x, y<l) = softmax(W_l h + E_l[y<l])
             self.q_y_heads = nn.ModuleList([nn.Linear(config.hidden_dims[-1], k) for k in Ks])
             self.q_y_prefix = nn.ParameterList([nn.Parameter(torch.zeros(Ks[: l + 1])) for l in range(1, L)])
         # [P, K1 + ... + KL]: 1 where path p has y_l = j; q [P] @ it = every level's marginal at once
@@ -275,6 +282,9 @@ class MoMixVAE(CountModel):
                             infer={"enumerate": "parallel"},
                         )
                     )  # [Kl, 1, ..., 1]
+                if self.config.guide == "structured_y":  # one q(z | x) for every path
+                    pyro.sample("z", dist.Normal(*self.encoder.head(h)).to_event(1))  # [B, D]
+                    return
                 onehots = [F.one_hot(y, K).to(h) for y, K in zip(ys, self.level_sizes)]  # [Kl, 1.., Kl]
                 loc, scale = self.encoder.head(cat_broadcast(h, *onehots))  # [KL, ..., K1, B, D]
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
@@ -313,7 +323,7 @@ class MoMixVAE(CountModel):
     def q_z(self, x, s=None):
         """q(z | x); for the structured guide the mixture sum_y q(y | x) q(z | x, y)."""
         h = self.encoder.hidden(x, s)  # [B, H]
-        if self.config.guide == "collapsed":
+        if self.config.guide != "structured":  # collapsed, structured_y: one Gaussian
             return dist.Normal(*self.encoder.head(h)).to_event(1)
         onehot = torch.cat([F.one_hot(ys, K) for ys, K in zip(self._all_paths(), self.level_sizes)], -1)  # [P, sum K]
         loc, scale = self.encoder.head(cat_broadcast(h.unsqueeze(-2), onehot.to(h)))  # [B, P, D]
