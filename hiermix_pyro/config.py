@@ -69,6 +69,7 @@ class ModelConfig:
     usage_lambda: float | None = (
         None  # marginal-usage regulariser weight during training (reference 100; 0: off): held for half of training, then cosine-decayed to 10%; None: the model's own (momix 0, mixture / indmom 100)
     )
+    sparse_levels: bool = False  # momix / mixture: Dir(alpha_l / K_l) prior on each level's marginal usage, alpha_l ~ InvGamma(1, 1) (the VMM's prior on its weights), so a level can switch clusters off
     # -- VampPrior / Bayesian GMM / VMM priors --
     # (vampprior, gmm, vmm use K = n_components, default 100 for them)
     em_update: str = "gradient"  # gmm M-step: gradient (one Adam step on the MAP objective) | closed

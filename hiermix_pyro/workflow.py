@@ -61,6 +61,7 @@ NOTEBOOK_PARAMETERS: tuple[str, ...] = (
     "init_epochs",
     "init_restarts",
     "usage_lambda",
+    "sparse_levels",
     "em_update",
     "em_lr",
     "em_after_warmup",

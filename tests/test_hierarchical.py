@@ -620,3 +620,57 @@ def test_vae_inits_set_the_used_paths(init):
     weights = model.log_prior_paths().exp().reshape(-1)
     assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)
     assert 2 <= int((weights > 0.01).sum()) <= 8 and weights.topk(4).values.sum() > 0.5
+
+
+def sparse_tiny(guide="collapsed"):
+    torch.manual_seed(0)
+    cfg = ModelConfig(latent_dim=3, hidden_dims=(8,), guide=guide, sparse_levels=True)
+    return MoMixVAE(G, 0, cfg, level_sizes=(2, 4))
+
+
+def test_sparse_levels_factor_is_inverse_gamma_times_dirichlet(x):
+    """sparse_levels: the model's one extra factor = sum_l log InvGamma(alpha_l | 1, 1) +
+    log Dir(p(yl) | alpha_l / K_l), p(yl) the prior's marginal usage of level l."""
+    model = sparse_tiny()
+    with torch.no_grad():
+        model.log_level_alpha.copy_(torch.tensor([0.3, -0.5]))
+        for logits in model.prior_logits:
+            logits.copy_(torch.randn_like(logits))
+    trace = poutine.trace(model.model).get_trace(x)
+    factor = trace.nodes["level_usage"]["fn"].log_prob(trace.nodes["level_usage"]["value"])
+    table = model.log_prior_paths().exp()  # [2, 4]
+    expected = 0.0
+    for alpha, usage in zip(model.log_level_alpha.exp(), (table.sum(1), table.sum(0))):
+        K = usage.shape[-1]
+        expected += dist.InverseGamma(1.0, 1.0).log_prob(alpha) + dist.Dirichlet(alpha / K * torch.ones(K)).log_prob(
+            usage
+        )
+    assert float(factor) == pytest.approx(float(expected), rel=1e-5)
+    # without the option there is no such factor, and no alpha
+    plain = tiny(MoMixVAE)
+    assert "level_usage" not in poutine.trace(plain.model).get_trace(x).nodes
+    assert not hasattr(plain, "log_level_alpha")
+
+
+def test_sparse_levels_prior_switches_clusters_off():
+    """Maximised alone, the sparse prior empties clusters: fewer than K_l keep 1% of a level's usage."""
+    model = sparse_tiny()
+    with torch.no_grad():
+        model.prior_logits[1].copy_(torch.randn(2, 4))
+    optim = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(300):
+        optim.zero_grad()
+        (-model.log_level_usage_prior()).backward()
+        optim.step()
+    used = [int((u.exp() > 0.01).sum()) for u in model.level_usage()]
+    assert used[0] < 2 and used[1] < 4
+
+
+@pytest.mark.parametrize("guide", ["collapsed", "structured_y"])
+def test_sparse_levels_trains(guide, x):
+    model = sparse_tiny(guide)
+    pyro.clear_param_store()
+    svi = SVI(model.model, model.guide, Adam({"lr": 1e-2}), TraceEnum_ELBO(max_plate_nesting=1))
+    before = model.log_level_alpha.detach().clone()
+    assert math.isfinite(svi.step(x, n_obs=100))
+    assert not torch.equal(before, model.log_level_alpha.detach())  # alpha is learned

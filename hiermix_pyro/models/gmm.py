@@ -35,21 +35,27 @@ def check_finite(tensors: dict[str, torch.Tensor | None], what: str) -> None:
             )
 
 
+def log_weights_hyperprior(log_alpha: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
+    """``log p(alpha) + log p(pi | alpha)`` (up to constants): alpha ~ InvGamma(1, 1),
+    pi | alpha ~ Dir(alpha / K). With alpha / K < 1 the Dirichlet rewards empty components: this is
+    what switches clusters off. Also momix's ``sparse_levels`` prior on each level's usage."""
+    K = log_pi.shape[-1]
+    alpha = log_alpha.exp()
+    log_p_alpha = -2.0 * log_alpha - 1.0 / alpha  # InvGamma(1, 1) density of alpha
+    return log_p_alpha + torch.lgamma(alpha) - K * torch.lgamma(alpha / K) + (alpha / K - 1.0) * log_pi.sum(-1)
+
+
 def log_hyperprior(log_alpha: torch.Tensor, log_pi: torch.Tensor, prec_tril: torch.Tensor) -> torch.Tensor:
     """``log p(alpha) + log p(pi | alpha) + sum_k log p(Lambda_k)`` (up to constants).
 
     alpha ~ InvGamma(1, 1);  pi | alpha ~ Dir(alpha / K);  Lambda_k ~ Wishart(nu = p + 2, W = K^(1/p) / (p + 2) I).
-    With alpha / K < 1 the Dirichlet rewards empty components: this is what switches clusters off.
     """
     K, p = log_pi.shape[-1], prec_tril.shape[-1]
-    alpha = log_alpha.exp()
-    log_p_alpha = -2.0 * log_alpha - 1.0 / alpha  # InvGamma(1, 1) density of alpha
-    log_p_pi = torch.lgamma(alpha) - K * torch.lgamma(alpha / K) + (alpha / K - 1.0) * log_pi.sum()
     nu, w = p + 2, K ** (1.0 / p) / (p + 2)
     log_det = 2.0 * prec_tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # [K]: log |Lambda_k|
     trace = prec_tril.pow(2).sum((-2, -1))  # [K]: tr(Lambda_k) = ||L_k||_F^2
     log_p_lambda = (0.5 * (nu - p - 1) * log_det - 0.5 * trace / w).sum()
-    return log_p_alpha + log_p_pi + log_p_lambda
+    return log_weights_hyperprior(log_alpha, log_pi) + log_p_lambda
 
 
 def map_objective(log_alpha, log_pi, prec_tril, r, ell, log_p_means) -> torch.Tensor:
@@ -312,6 +318,7 @@ __all__ = [
     "e_step",
     "gradient_m_step",
     "log_hyperprior",
+    "log_weights_hyperprior",
     "map_objective",
     "sufficient_statistics",
 ]

@@ -23,6 +23,7 @@ from ..config import ModelConfig
 from ..nn import Encoder, cat_broadcast
 from ..priors import ComponentDensity, DiagComponents, PathMixture, categorical_kl, path_index, take_enumerated
 from .base import CountModel, n_batches, n_classes
+from .gmm import log_weights_hyperprior
 
 GUIDES = ("collapsed", "structured", "structured_y")
 PRIORS = ("normal", "studentt")
@@ -101,7 +102,17 @@ class MoMixVAE(CountModel):
 
     discrete_kl = True  # model() takes beta_y, a KL warm-up weight of its own for the y's
     pyro_name = "momix"
-    options = ("level_sizes", "prior", "guide", "sum_paths", "init", "init_epochs", "init_restarts", "usage_lambda")
+    options = (
+        "level_sizes",
+        "prior",
+        "guide",
+        "sum_paths",
+        "init",
+        "init_epochs",
+        "init_restarts",
+        "usage_lambda",
+        "sparse_levels",
+    )
     # the hierarchy study's choice without labels (results page): Leiden start, no usage regulariser
     config_defaults = {"init": "vae_leiden", "init_epochs": 50, "usage_lambda": 0.0}
 
@@ -137,6 +148,8 @@ class MoMixVAE(CountModel):
         self.log_level_scale = nn.Parameter(torch.tensor([math.log(2.0 * 0.5**l) for l in range(L)]))
         self.log_sigma = nn.Parameter(torch.zeros(self.n_paths, D))  # per path
         self.df_raw = nn.Parameter(torch.full((self.n_paths,), math.log(math.expm1(5.0))))  # nu = 5
+        if config.sparse_levels:  # log alpha_l of the Dir(alpha_l / K_l) prior on level l's usage
+            self.log_level_alpha = nn.Parameter(torch.zeros(L))
         # q(z | x), or (structured) q(z | x, onehot(y1..yL))
         n_extra = sum(Ks) if config.guide == "structured" else 0
         self.encoder = Encoder(n_genes, n_batches, config.hidden_dims, D, n_extra=n_extra)
@@ -191,6 +204,8 @@ class MoMixVAE(CountModel):
         components = DiagComponents(loc, scale, df)  # this step's component constants, computed once
         enum = {"enumerate": "parallel"} if collapsed else {}
         log_prior = self.log_prior_paths().reshape(-1) if usage_lambda or beta_y is not None else None  # [P]
+        if self.config.sparse_levels:  # log p(alpha_l) + log Dir(p(yl) | alpha_l / K_l), once per step
+            pyro.factor("level_usage", self.log_level_usage_prior())
         if usage_lambda and not collapsed:  # q(y | x) needs no z: before the y's
             self._usage_factor(
                 self.log_q_paths(self.encoder.hidden(x, s)).reshape(x.shape[0], -1).exp(),
@@ -229,6 +244,20 @@ class MoMixVAE(CountModel):
                 pyro.factor("kl_y", (beta - beta_y) * categorical_kl(log_post, log_prior))  # [B]
         if usage_lambda and collapsed:
             self._usage_factor(log_post.exp(), log_prior, usage_lambda, n_obs)
+
+    def level_usage(self) -> list[torch.Tensor]:
+        """log p(yl) for each level, the prior's marginal usage of its clusters: ``[Kl]`` each."""
+        table, L = self.log_prior_paths(), len(self.level_sizes)
+        return [table.logsumexp(tuple(d for d in range(L) if d != l)) if L > 1 else table for l in range(L)]
+
+    def log_level_usage_prior(self) -> torch.Tensor:
+        """``sparse_levels``: sum_l log InvGamma(alpha_l | 1, 1) + log Dir(p(yl) | alpha_l / K_l).
+
+        As the VMM's prior on its weights (Stirn & Knowles, 2025), here on every level's marginal
+        usage: with alpha_l / K_l < 1 the Dirichlet rewards a level for leaving clusters empty, so
+        the number of clusters a level uses is learned (at most K_l). Not in the mixture-of-mixtures
+        work, whose levels always have K_l clusters."""
+        return sum(log_weights_hyperprior(a, u) for a, u in zip(self.log_level_alpha, self.level_usage()))
 
     def _guide_only(self) -> tuple[str, ...]:
         """Parameters the model leaves to the guide to register: the encoder, with the collapsed
