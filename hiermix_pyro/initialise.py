@@ -23,6 +23,13 @@ Two strategies, chosen by ``ModelConfig.init``:
   follows the data's manifold where k-means cuts it into balls: on the sorted PBMCs the coarse
   levels come out far cleaner (the results page's ``hierarchy`` study).
 
+- ``"vae_leiden_single"``: the same pre-training and Leiden at the finest level only, then the
+  coarser levels by single linkage of the fine clusters' centres (each merge joins the two groups
+  with the closest pair of centres), cut at K_(L-1), ..., K_1 groups: the levels nest, and the
+  coarsest split is at the widest gap between the fine clusters, whatever their sizes (Ward's
+  rule, weighted by sizes, tends to balance them). Added after an analysis that used the labels
+  (``benchmarks/coarse_splits.py``), so it is an option, never a default chosen by this study.
+
 ``ModelConfig.init_restarts`` = R > 1 initialises R times (seeds ``seed``, ``seed + 1000``, ...)
 and keeps the initialisation with the best ELBO on the validation cells: chosen without labels.
 
@@ -41,7 +48,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-INITS = ("random", "pca_kmeans", "vae_kmeans", "vae_ward", "vae_leiden")
+INITS = ("random", "pca_kmeans", "vae_kmeans", "vae_ward", "vae_leiden", "vae_leiden_single")
 LEIDEN_MAX_CELLS = 50_000  # vae_leiden: Leiden on at most this many training cells (a kNN graph of 1M cells takes long)
 
 
@@ -55,7 +62,7 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
         raise ValueError(f"unknown init {method!r}; valid: {', '.join(INITS)}")
     if not method.startswith("vae_") and model.config.init_epochs != type(model).config_defaults.get("init_epochs"):
         raise ValueError(
-            f"init_epochs={model.config.init_epochs} is for init='vae_kmeans', 'vae_ward' or 'vae_leiden', "
+            f"init_epochs={model.config.init_epochs} is for the vae_* inits ({', '.join(i for i in INITS if i.startswith('vae_'))}), "
             f"not init={method!r}"
         )
     restarts = int(getattr(model.config, "init_restarts", 1))
@@ -75,6 +82,8 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
         emb = emb[(adata.obs["split"] == "train").to_numpy() if "split" in adata.obs else slice(None)]
         if method == "vae_leiden":
             labels = leiden_levels(emb, K, seed)
+        elif method == "vae_leiden_single":
+            labels = nested_single(emb, K, seed)
         else:
             labels = nested_ward(emb, K, seed) if method == "vae_ward" else nested_kmeans(emb, K, seed)
     set_components(model, emb, labels, None if method == "pca_kmeans" else q_var)
@@ -156,6 +165,21 @@ def leiden_levels(emb: np.ndarray, level_sizes, seed: int = 0, max_cells: int = 
             found = labels
         out.append(found.astype(np.int64))
     return out
+
+
+def nested_single(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarray]:
+    """Per-level labels ``[N]`` (coarse to fine) that nest: Leiden with K_L clusters at the finest
+    level (:func:`leiden_levels`), then single linkage of its cluster centres, cut at every coarser
+    size. Single linkage can leave fewer groups than asked where distances tie (then paths stay empty)."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    fine = leiden_levels(emb, level_sizes[-1:], seed)[0]
+    centres = np.stack([emb[fine == j].mean(0) for j in range(fine.max() + 1)])
+    if len(centres) < 2:
+        return [np.zeros_like(fine) for _ in level_sizes[:-1]] + [fine]
+    tree = linkage(centres.astype(np.float64), method="single")
+    coarse = [np.unique(fcluster(tree, int(k), criterion="maxclust"), return_inverse=True)[1] for k in level_sizes[:-1]]
+    return [groups[fine] for groups in coarse] + [fine]
 
 
 def nested_ward(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarray]:

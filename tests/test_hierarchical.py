@@ -612,7 +612,28 @@ def test_leiden_levels_finds_k_clusters_per_level_and_samples_large_data():
     assert all(lab.max() < k for lab, k in zip(leiden_levels(emb, (3, 5), seed=1), (3, 5)))
 
 
-@pytest.mark.parametrize("init", ["vae_kmeans", "vae_ward", "vae_leiden"])
+def test_nested_single_puts_the_widest_gap_on_top():
+    """vae_leiden_single: Leiden finds the 5 fine clusters, and single linkage splits off the small
+    far group first, where Ward's size-weighted rule pairs it with a large group."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from hiermix_pyro.initialise import nested_single, ward_groups
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [11.0, 0.0], [14.0, 0.0], [7.0, 13.0]])  # A1 A2 B1 B2, S far
+    sizes = [100, 100, 100, 100, 20]
+    fine = np.repeat(np.arange(5), sizes)
+    emb = centres[fine] + 0.3 * rng.standard_normal((len(fine), 2))
+    labels = nested_single(emb, (2, 3, 5), seed=0)
+    assert adjusted_rand_score(fine, labels[2]) == 1.0
+    assert adjusted_rand_score(fine == 4, labels[0]) == 1.0  # S | A1 A2 B1 B2
+    assert adjusted_rand_score(np.array([0, 0, 1, 1, 2])[fine], labels[1]) == 1.0  # A | B | S
+    assert nesting_score(labels[0], labels[1]) == 1.0 and nesting_score(labels[1], labels[2]) == 1.0
+    ward = ward_groups(centres, np.array(sizes, dtype=float), [2])[2]
+    assert len(np.unique(ward[:4])) == 2  # Ward's top split cuts A from B instead
+
+
+@pytest.mark.parametrize("init", ["vae_kmeans", "vae_ward", "vae_leiden", "vae_leiden_single"])
 def test_vae_inits_set_the_used_paths(init):
     """Every VAE-based initialisation ends with the cells' paths carrying almost all prior mass."""
     adata = prepare(simulate_hierarchy(branching=(2, 2), cells_per_leaf=30, n_genes=40, seed=0), n_hvg=None)
