@@ -36,6 +36,11 @@ and keeps the initialisation with the best ELBO on the validation cells: chosen 
 Either way the per-level clusterings of the training cells set the components: path means and
 offsets from cluster means, scales from within-cluster spreads, and the prior's (conditional)
 weights from cluster counts (plus a pseudo-count of 0.01, so empty paths start almost unused).
+With a ``vae_*`` start, a guide that has its own cluster posterior q(y | x) (momix's
+``structured`` and ``structured_y``) starts from the same clusterings too: its heads are fitted to
+the training cells' paths on the pre-trained encoder's features (:func:`fit_cluster_heads`).
+Without that, q(y | x) starts at random while the components sit at the clusters, and with
+``structured_y`` training fell onto a single branch (2 seeds of the hierarchy study, before the fit).
 """
 
 from __future__ import annotations
@@ -87,7 +92,40 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
         else:
             labels = nested_ward(emb, K, seed) if method == "vae_ward" else nested_kmeans(emb, K, seed)
     set_components(model, emb, labels, None if method == "pca_kmeans" else q_var)
+    if method.startswith("vae_") and hasattr(model, "q_y_heads"):
+        fit_cluster_heads(model, adata, labels, seed=seed)
     return model
+
+
+def fit_cluster_heads(model, adata, labels: list[np.ndarray], steps: int = 300, batch_size: int = 4096, seed: int = 0):
+    """Fit the guide's q(y | x) heads (``q_y_heads``, ``q_y_prefix``) to the training cells' paths
+    ``labels`` (coarse to fine, ``[N_train]`` each) by cross-entropy, with the encoder's trunk fixed:
+    ``steps`` Adam steps (lr 0.01) on minibatches of at most ``batch_size`` cells. Returns the
+    share of training cells whose most likely path under q(y | x) is their own."""
+    from .train import CountTensors
+
+    data = CountTensors.from_adata(adata, split="train" if "split" in adata.obs else None)
+    with torch.no_grad():
+        h = torch.cat([model.encoder.hidden(x, s) for x, s in data.batches(1024)])  # [N, H]
+    path = model.path_index(
+        [torch.as_tensor(np.asarray(lab, dtype=np.int64), device=h.device) for lab in labels]
+    )  # [N]
+    params = [*model.q_y_heads.parameters(), *model.q_y_prefix]
+    optim = torch.optim.Adam(params, lr=0.01)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randperm(len(h), generator=generator)[:batch_size].to(h.device)
+        log_q = model.log_q_paths(h[idx]).reshape(len(idx), -1)  # [b, P]
+        loss = -log_q.gather(1, path[idx, None]).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    with torch.no_grad():
+        hits = sum(
+            (model.log_q_paths(h[i : i + 1024]).reshape(-1, model.n_paths).argmax(1) == path[i : i + 1024]).sum()
+            for i in range(0, len(h), 1024)
+        )
+    return float(hits) / len(h)
 
 
 RESTART_SEED_STRIDE = 1000  # restart r of seed s uses seed s + 1000 r: no overlap with other runs' seeds

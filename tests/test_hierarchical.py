@@ -695,3 +695,25 @@ def test_sparse_levels_trains(guide, x):
     before = model.log_level_alpha.detach().clone()
     assert math.isfinite(svi.step(x, n_obs=100))
     assert not torch.equal(before, model.log_level_alpha.detach())  # alpha is learned
+
+
+@pytest.mark.parametrize("guide", ["collapsed", "structured", "structured_y"])
+def test_vae_start_fits_the_guides_cluster_heads(guide, monkeypatch):
+    """A vae_* start fits q(y | x) of the structured guides to its clusters (the collapsed guide
+    has no q(y | x)); the fit raises the share of training cells whose most likely path under
+    q(y | x) is their own."""
+    import hiermix_pyro.initialise as initialise_module
+
+    adata = prepare(simulate_hierarchy(branching=(2, 2), cells_per_leaf=40, n_genes=40, seed=0), n_hvg=None)
+    cfg = ModelConfig(latent_dim=4, hidden_dims=(16,), guide=guide, init="vae_kmeans", init_epochs=20)
+    calls, fit = [], initialise_module.fit_cluster_heads
+    monkeypatch.setattr(initialise_module, "fit_cluster_heads", lambda *a, **k: calls.append(fit(*a, **k)))
+    model = MoMixVAE.from_adata(adata, cfg, seed=0)
+    assert len(calls) == (guide != "collapsed")
+    if guide == "collapsed":
+        return
+    train = (adata.obs["split"] == "train").to_numpy()
+    truth = [adata.obs[level].cat.codes.to_numpy()[train] for level in ("L1", "L2")]  # 2 and 4 classes
+    fresh = MoMixVAE(adata.n_vars, 0, cfg, level_sizes=model.level_sizes)
+    fresh.encoder.load_state_dict(model.encoder.state_dict())  # the pre-trained trunk
+    assert fit(fresh, adata, truth, steps=1) < 0.6 < 0.8 < fit(fresh, adata, truth, steps=300)
