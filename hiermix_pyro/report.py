@@ -710,3 +710,20 @@ def confusion_figure(confusions: pd.DataFrame, level: str, methods=None):
         ax.tick_params(labelsize=8.5)
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="share of the class's cells")
     return fig
+
+
+def coarse_split_table(splits: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """``benchmarks/coarse_splits.py``'s table summarised: for each rule (the true split first, the
+    model's own last) and split it made, the number of seeds and the mean ARI at the coarse level."""
+    order = {rule: i for i, rule in enumerate(["truth", "single", "average", "complete", "ward_weighted", "model"])}
+    table = (
+        splits.assign(split=splits["split"].fillna(""))
+        .groupby(["rule", "split"], sort=False)
+        .agg(seeds=("seed", "nunique"), ari=("ari", "mean"))
+        .reset_index()
+    )
+    table = table.sort_values(["rule", "seeds"], key=lambda c: c.map(order) if c.name == "rule" else -c, kind="stable")
+    table["ari"] = table["ari"].round(digits)
+    return table.rename(columns={"rule": "rule", "split": "split of the true groups", "ari": "mean ARI"}).reset_index(
+        drop=True
+    )

@@ -235,3 +235,21 @@ def test_agreement_table_and_choice(tmp_path, monkeypatch):
     # b agrees most but has two seeds only: the choice needs three
     assert "`a`, mean ARI 0.700" in report.agreement_choice(agreement, "sim")
     assert report.load_agreement("absent") is None
+
+
+def test_coarse_split_table_orders_rules_and_counts_seeds():
+    splits = pd.DataFrame(
+        [
+            dict(seed=s, rule=rule, split=split, ari=ari)
+            for s in range(3)
+            for rule, split, ari in [
+                ("model", np.nan, 0.3 + 0.1 * s),
+                ("single", "a | b+c" if s < 2 else "a+b | c", 1.0 if s < 2 else 0.2),
+                ("truth", "a | b+c", 1.0),
+            ]
+        ]
+    )
+    table = report.coarse_split_table(splits)
+    assert table["rule"].tolist() == ["truth", "single", "single", "model"]
+    assert table["seeds"].tolist() == [3, 2, 1, 3]
+    assert table["mean ARI"].tolist() == [1.0, 1.0, 0.2, 0.4]
