@@ -439,19 +439,30 @@ def lever_table(levers: pd.DataFrame, dataset: str, digits: int = 3) -> pd.DataF
     return table
 
 
-def label_free_choice(levers: pd.DataFrame, dataset: str, metric: str = "val_elbo") -> str | None:
+def _left_out(exclude: dict | None) -> str:
+    """`` Not candidates: `a` (why); `b` (why).`` for a choice's sentence (empty without any)."""
+    if not exclude:
+        return ""
+    return " Not candidates: " + "; ".join(f"`{k}` ({why})" for k, why in exclude.items()) + "."
+
+
+def label_free_choice(levers: pd.DataFrame, dataset: str, metric: str = "val_elbo", exclude=None) -> str | None:
     """The variant a user without labels would choose: the highest mean difference in ``metric``
-    (validation ELBO) from the baseline among the variants with the most seeds; the baseline itself
-    when no variant's mean is above it. A sentence for the page; None without that metric."""
+    (validation ELBO) from the baseline among the variants with the most seeds, leaving out those
+    in ``exclude`` ({variant: why}, the study's ``not_candidates``); the baseline itself when no
+    variant's mean is above it. A sentence for the page; None without that metric."""
+    exclude = dict(exclude or {})
     d = levers[levers["dataset"].eq(dataset) & levers["metric"].eq(metric)]
     if d.empty:
         return None
+    baseline, name = d["baseline"].iloc[0], NAMES.get(metric, metric)
+    d = d[~d["method"].isin(exclude)]
     d = d[d["n"].eq(d["n"].max())]
-    best = d.loc[d["mean_diff"].idxmax()]
-    baseline = best["baseline"]
-    name = NAMES.get(metric, metric)
-    if best["mean_diff"] <= 0:
-        return f"Chosen without labels ({name}): the baseline `{baseline}`; no variant's mean is above it."
+    best = d.loc[d["mean_diff"].idxmax()] if len(d) else None
+    if best is None or best["mean_diff"] <= 0:
+        return f"Chosen without labels ({name}): the baseline `{baseline}`; no variant's mean is above it." + _left_out(
+            exclude
+        )
     ci = (
         f"95% CI {best['ci95_low']:+.2f} to {best['ci95_high']:+.2f}"
         if not pd.isna(best["ci95_low"])
@@ -459,7 +470,7 @@ def label_free_choice(levers: pd.DataFrame, dataset: str, metric: str = "val_elb
     )
     return (
         f"Chosen without labels (the highest {name}): `{best['method']}`, {best['mean_diff']:+.2f} nats per "
-        f"cell against `{baseline}` ({ci}, n={int(best['n'])})."
+        f"cell against `{baseline}` ({ci}, n={int(best['n'])})." + _left_out(exclude)
     )
 
 
@@ -480,16 +491,19 @@ def agreement_table(agreement: pd.DataFrame, dataset: str, digits: int = 3) -> p
     return table
 
 
-def agreement_choice(agreement: pd.DataFrame, dataset: str) -> str | None:
-    """The variant whose seeds agree most (the mean over levels), among those with at least 3 seeds."""
+def agreement_choice(agreement: pd.DataFrame, dataset: str, exclude=None) -> str | None:
+    """The variant whose seeds agree most (the mean over levels), among those with at least 3 seeds
+    and not in ``exclude`` ({variant: why})."""
+    exclude = dict(exclude or {})
     d = agreement[agreement["dataset"].eq(dataset) & agreement["level"].astype(str).eq("mean")]
+    d = d[~d["method"].isin(exclude)]
     d = d[d["n_seeds"] >= 3]
     if d.empty:
         return None
     best = d.loc[d["mean_ari"].idxmax()]
     return (
         f"Chosen without labels (the most stable across seeds): `{best['method']}`, mean ARI "
-        f"{best['mean_ari']:.3f} between two seeds' clusterings (n={int(best['n_seeds'])} seeds)."
+        f"{best['mean_ari']:.3f} between two seeds' clusterings (n={int(best['n_seeds'])} seeds)." + _left_out(exclude)
     )
 
 

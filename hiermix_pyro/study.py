@@ -91,6 +91,8 @@ class Study:
     env: dict = field(default_factory=dict)  # environment variables of every run (e.g. HIERMIX_SCIB)
     description: str = ""
     baseline: str | None = None  # a variant the others are compared with seed by seed (<study>_levers.csv)
+    # variants that may not be chosen as defaults by a score without labels, each with its reason
+    not_candidates: dict[str, str] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -159,6 +161,8 @@ class Study:
             raise ValueError(f"{self.path.name}: unknown peers {unknown}; valid: {', '.join(PEERS)}")
         if unknown := set(self.peer_settings) - set(PEER_OPTIONS):
             raise ValueError(f"{self.path.name}: unknown peer_settings {sorted(unknown)}; valid: {PEER_OPTIONS}")
+        if unknown := [v for v in self.not_candidates if v not in self.variants]:
+            raise ValueError(f"{self.path.name}: not_candidates {unknown} are not variants")
         if self.baseline is not None and self.baseline not in self.variants:
             raise ValueError(
                 f"{self.path.name}: baseline {self.baseline!r} is not a variant; variants: {', '.join(self.variants)}"
@@ -218,6 +222,7 @@ def load_study(name_or_path, select: dict | None = None) -> Study:
         env={k: str(v) for k, v in (spec.get("env") or {}).items()},
         description=spec.get("description", ""),
         baseline=spec.get("baseline"),
+        not_candidates={str(k): str(v) for k, v in (spec.get("not_candidates") or {}).items()},
     )
     for key in ("datasets", "variants"):  # a dataset or variant without parameters is its own name
         for name, params in getattr(study, key).items():

@@ -210,6 +210,9 @@ def test_lever_table_and_figure(tmp_path, monkeypatch):
         "Chosen without labels (the highest validation ELBO): `vae`, +2.00"
     )
     assert "the baseline `momix`" in report.label_free_choice(read.assign(mean_diff=-1.0), "sim")
+    # a variant the study marks as no candidate is left out of the choice, and said to be
+    left_out = report.label_free_choice(read, "sim", exclude={"vae": "other level sizes"})
+    assert "the baseline `momix`" in left_out and left_out.endswith("Not candidates: `vae` (other level sizes).")
     fig = report.lever_figure(read, "sim")
     assert len(fig.axes) == 5
     assert report.lever_figure(read, "other") is None and report.load_levers("absent") is None
@@ -234,6 +237,7 @@ def test_agreement_table_and_choice(tmp_path, monkeypatch):
     assert list(table.index) == ["a (n=3)", "b (n=2)", "c (n=4)"] and list(table.columns) == ["L1", "mean"]
     # b agrees most but has two seeds only: the choice needs three
     assert "`a`, mean ARI 0.700" in report.agreement_choice(agreement, "sim")
+    assert "`c`, mean ARI 0.600" in report.agreement_choice(agreement, "sim", exclude={"a": "why"})
     assert report.load_agreement("absent") is None
 
 

@@ -301,3 +301,13 @@ def test_collect_refuses_runs_whose_defaults_changed_and_accepts_named_settings(
     study.variants["momix_t"]["init"] = "vae_ward"  # ... but not another one
     with pytest.raises(ValueError, match="init: run None, study 'vae_ward'"):
         collect(study, runs_root=str(root))
+
+
+def test_not_candidates_must_be_variants_and_are_read(tmp_path):
+    with pytest.raises(ValueError, match=r"not_candidates \['nope'\] are not variants"):
+        load_study(write_study(tmp_path, STUDY + "not_candidates: {nope: why}\n"))
+    first = next(iter(load_study(write_study(tmp_path, STUDY)).variants))
+    study = load_study(
+        write_study(tmp_path, STUDY + f"not_candidates: {{{first}: proposed after looking at labels}}\n")
+    )
+    assert study.not_candidates == {first: "proposed after looking at labels"}
