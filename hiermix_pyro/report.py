@@ -474,6 +474,37 @@ def label_free_choice(levers: pd.DataFrame, dataset: str, metric: str = "val_elb
     )
 
 
+def challengers(runs: pd.DataFrame, dataset: str, incumbent: str, exclude=None, metric: str = "val_elbo") -> str | None:
+    """Whether any variant should replace ``incumbent`` (the variant with the package's defaults):
+    the candidates (not in ``exclude``) whose ``metric`` (validation ELBO), paired over the seeds they
+    share with it, is higher with the 95% CI above 0. A sentence for the page; None when the runs
+    table lacks the incumbent or the metric."""
+    from .study import paired_differences
+
+    d = runs[runs["dataset"].eq(dataset)] if "dataset" in runs else runs
+    if metric not in d or not d["method"].eq(incumbent).any():
+        return None
+    diffs = paired_differences(d, incumbent, metrics=(metric,))
+    diffs = diffs[~diffs["method"].isin(dict(exclude or {})) & diffs["n"].ge(2)] if len(diffs) else diffs
+    if diffs.empty:
+        return None
+    name = NAMES.get(metric, metric)
+    better = diffs[diffs["ci95_low"] > 0].sort_values("mean_diff", ascending=False)
+    if len(better):
+        top = better.iloc[0]
+        return (
+            f"Against the defaults (`{incumbent}`), paired over seeds: `{top['method']}` has the higher {name}, "
+            f"{top['mean_diff']:+.2f} nats per cell (95% CI {top['ci95_low']:+.2f} to {top['ci95_high']:+.2f}, "
+            f"n={int(top['n'])}): it should replace them."
+        )
+    top = diffs.sort_values("mean_diff", ascending=False).iloc[0]
+    return (
+        f"Against the defaults (`{incumbent}`), paired over seeds: no variant has a higher {name} with its 95% CI "
+        f"above 0; the closest, `{top['method']}`, {top['mean_diff']:+.2f} nats per cell (95% CI "
+        f"{top['ci95_low']:+.2f} to {top['ci95_high']:+.2f}, n={int(top['n'])}). The defaults stay."
+    )
+
+
 def load_agreement(name: str, folder: str | Path | None = None) -> pd.DataFrame | None:
     """``<study>_agreement.csv`` (:func:`hiermix_pyro.study.seed_agreement`), or None without it."""
     return _read_study_file(name, "agreement", folder)

@@ -93,6 +93,9 @@ class Study:
     baseline: str | None = None  # a variant the others are compared with seed by seed (<study>_levers.csv)
     # variants that may not be chosen as defaults by a score without labels, each with its reason
     not_candidates: dict[str, str] = field(default_factory=dict)
+    # the variant with the package's defaults: another replaces it only if paired over seeds its
+    # validation ELBO is higher with the 95% CI above 0 (report.challengers)
+    incumbent: str | None = None
 
     @property
     def methods(self) -> list[str]:
@@ -161,6 +164,8 @@ class Study:
             raise ValueError(f"{self.path.name}: unknown peers {unknown}; valid: {', '.join(PEERS)}")
         if unknown := set(self.peer_settings) - set(PEER_OPTIONS):
             raise ValueError(f"{self.path.name}: unknown peer_settings {sorted(unknown)}; valid: {PEER_OPTIONS}")
+        if self.incumbent is not None and self.incumbent not in self.variants:
+            raise ValueError(f"{self.path.name}: incumbent {self.incumbent!r} is not a variant")
         if unknown := [v for v in self.not_candidates if v not in self.variants]:
             raise ValueError(f"{self.path.name}: not_candidates {unknown} are not variants")
         if self.baseline is not None and self.baseline not in self.variants:
@@ -223,6 +228,7 @@ def load_study(name_or_path, select: dict | None = None) -> Study:
         description=spec.get("description", ""),
         baseline=spec.get("baseline"),
         not_candidates={str(k): str(v) for k, v in (spec.get("not_candidates") or {}).items()},
+        incumbent=spec.get("incumbent"),
     )
     for key in ("datasets", "variants"):  # a dataset or variant without parameters is its own name
         for name, params in getattr(study, key).items():

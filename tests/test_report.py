@@ -257,3 +257,18 @@ def test_coarse_split_table_orders_rules_and_counts_seeds():
     assert table["rule"].tolist() == ["truth", "single", "single", "model"]
     assert table["seeds"].tolist() == [3, 2, 1, 3]
     assert table["mean ARI"].tolist() == [1.0, 1.0, 0.2, 0.4]
+
+
+def test_challengers_replace_the_defaults_only_with_a_clear_gain():
+    runs = runs_table(methods=("d", "a", "b", "x", "pca_leiden"), seeds=(0, 1, 2, 3))
+    noise = {0: 0.1, 1: -0.1, 2: 0.05, 3: -0.05}
+    gain = {"d": 0.0, "a": 0.3, "b": 0.0, "x": 2.0, "pca_leiden": 0.0}
+    runs["val_elbo"] = (
+        -100.0 + runs["seed"] + runs["method"].map(gain) + runs["seed"].map(noise) * runs["method"].eq("b")
+    )
+    sentence = report.challengers(runs, "sim", "d", exclude={"x": "why"})
+    assert "`a` has the higher validation ELBO, +0.30" in sentence and sentence.endswith("it should replace them.")
+    runs.loc[runs["method"].eq("a"), "val_elbo"] -= 0.3  # a tie: nobody beats the defaults
+    sentence = report.challengers(runs, "sim", "d", exclude={"x": "why"})
+    assert "no variant has a higher validation ELBO" in sentence and sentence.endswith("The defaults stay.")
+    assert "`x`" not in sentence and report.challengers(runs, "sim", "absent") is None

@@ -311,3 +311,10 @@ def test_not_candidates_must_be_variants_and_are_read(tmp_path):
         write_study(tmp_path, STUDY + f"not_candidates: {{{first}: proposed after looking at labels}}\n")
     )
     assert study.not_candidates == {first: "proposed after looking at labels"}
+
+
+def test_incumbent_must_be_a_variant(tmp_path):
+    with pytest.raises(ValueError, match="incumbent 'nope' is not a variant"):
+        load_study(write_study(tmp_path, STUDY + "incumbent: nope\n"))
+    first = next(iter(load_study(write_study(tmp_path, STUDY)).variants))
+    assert load_study(write_study(tmp_path, STUDY + f"incumbent: {first}\n")).incumbent == first
