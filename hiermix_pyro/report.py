@@ -769,6 +769,4 @@ def coarse_split_table(splits: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     )
     table = table.sort_values(["rule", "seeds"], key=lambda c: c.map(order) if c.name == "rule" else -c, kind="stable")
     table["ari"] = table["ari"].round(digits)
-    return table.rename(columns={"rule": "rule", "split": "split of the true groups", "ari": "mean ARI"}).reset_index(
-        drop=True
-    )
+    return table.rename(columns={"split": "split of the true groups", "ari": "mean ARI"}).reset_index(drop=True)

@@ -37,7 +37,7 @@ class MixtureVAE(MoMixVAE):
     """
 
     pyro_name = "mixture"
-    options = MoMixVAE.options[1:] + ("n_components",)
+    options = tuple(o for o in MoMixVAE.options if o != "level_sizes") + ("n_components",)  # one level: K
     config_defaults = {"init": "vae_kmeans", "init_epochs": 10, "usage_lambda": 100.0}
 
     def __init__(self, n_genes: int, n_batches: int = 0, config: ModelConfig = ModelConfig(), n_components: int = 10):
