@@ -334,6 +334,7 @@ def collect(study: Study, runs_root="runs") -> pd.DataFrame:
             seconds_per_epoch=m.get("seconds_per_epoch", np.nan),
             n_cells=m.get("n_cells"),
             n_genes=m.get("n_genes"),
+            parameters=json.dumps(_comparable(provenance["parameters"]), sort_keys=True),
         )
         for level_index, level in enumerate(m["levels"], start=1):
             rows.append({**run, "level_index": level_index, **level})
@@ -345,6 +346,48 @@ def collect(study: Study, runs_root="runs") -> pd.DataFrame:
             "run folders to redo them:\n  " + "\n  ".join(stale)
         )
     return pd.DataFrame(rows)
+
+
+RUN_KEY = ["dataset", "method", "seed"]
+
+
+def merge_previous(study: Study, df: pd.DataFrame, previous: pd.DataFrame) -> pd.DataFrame:
+    """``df`` (the runs found under the runs folder) plus the rows of ``previous`` (a table this
+    study's collection wrote before, e.g. the committed one) for the runs ``df`` lacks: runs made
+    in another checkout or on another machine, whose folders are not here. A run found here
+    replaces its old rows. Old rows of runs the study no longer has (a variant, dataset or seed
+    dropped) are left out; an old row that records its parameters (a ``parameters`` column,
+    written since the tables merge) must match what the study gives that run now, else this raises, as
+    :func:`collect` does for run folders. Tables written before that column existed are kept as
+    they are: their runs were checked when those tables were made."""
+    if previous is None or previous.empty:
+        return df
+    wanted = set(study.runs())
+    here = set(map(tuple, df[RUN_KEY].itertuples(index=False))) if len(df) else set()
+    keys = list(zip(previous["dataset"], previous["method"], previous["seed"].astype(int)))
+    keep = np.array([k in wanted and k not in here for k in keys], dtype=bool)
+    old = previous[keep]
+    stale = []
+    if "parameters" in old.columns:
+        for (dataset, method, seed), params in (
+            old.dropna(subset=["parameters"]).groupby(RUN_KEY)["parameters"].first().items()
+        ):
+            if problem := _parameter_mismatch(study, dataset, method, int(seed), {"parameters": json.loads(params)}):
+                stale.append(f"{dataset}/{method}/seed{seed}: {problem}")
+    if stale:
+        raise ValueError(
+            f"{len(stale)} run(s) of the previous table of study {study.name} were made with other "
+            f"parameters than {study.path.name} gives them now. Give a changed variant a new name, or "
+            "collect without the previous table (--runs-only):\n  " + "\n  ".join(stale)
+        )
+    merged = pd.concat([d for d in (old, df) if len(d)], ignore_index=True)
+    order = {m: i for i, m in enumerate(study.methods)}
+    merged["_order"] = merged["method"].map(order)
+    return (
+        merged.sort_values(["dataset", "_order", "seed", "level_index"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
 
 
 def validation_elbo(history_path: Path, best_epoch) -> float:
@@ -597,13 +640,18 @@ def paired_differences(df: pd.DataFrame, baseline: str, metrics=LEVER_METRICS) -
     return out.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
-def seed_agreement(study: Study, runs_root="runs") -> pd.DataFrame:
+def seed_agreement(study: Study, runs_root="runs", previous: pd.DataFrame | None = None) -> pd.DataFrame:
     """How far the clusterings of different seeds agree, per (dataset, model variant, level): the
     ARI between the ``obs['cluster_<level>']`` of every pair of finished seeds (each run annotates
     all cells of the dataset, whatever its split), their mean and minimum, and a row ``level =
     "mean"`` averaging the levels. It needs no labels: the stability of a clustering under new
     seeds (data split, initialisation, training noise) is a way to choose settings without labels
-    (Lange et al. 2004, Neural Computation 16(6)). Peers are left out (they save aligned labels)."""
+    (Lange et al. 2004, Neural Computation 16(6)). Peers are left out (they save aligned labels).
+
+    A (dataset, variant) with fewer than two runs here keeps its rows of ``previous`` (the table
+    written before, from run folders that are elsewhere now): the pairs need both runs' clusters,
+    so seeds found here and seeds known only from ``previous`` are never paired (``n_seeds``
+    says how many seeds a row compares)."""
     import itertools
 
     import anndata as ad
@@ -621,6 +669,8 @@ def seed_agreement(study: Study, runs_root="runs") -> pd.DataFrame:
                     runs[seed] = adata.obs[[f"cluster_{lvl}" for lvl in levels]].astype(str).set_axis(levels, axis=1)
                     adata.file.close()
             if len(runs) < 2:
+                if previous is not None and len(previous):
+                    rows += previous[previous["dataset"].eq(dataset) & previous["method"].eq(method)].to_dict("records")
                 continue
             per_level = {}
             for a, b in itertools.combinations(sorted(runs), 2):
@@ -647,14 +697,27 @@ def seed_agreement(study: Study, runs_root="runs") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs") -> dict[str, Path]:
+def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs", merge: bool = True) -> dict[str, Path]:
     """Collect and summarise ``study`` into ``<out_dir>/<study>.csv``, ``<study>_summary.csv`` and
     ``<study>_summary.md``, and with a ``baseline`` the seed-by-seed differences of every variant
     from it into ``<study>_levers.csv`` (:func:`paired_differences`) and the agreement between
-    seeds into ``<study>_agreement.csv`` (:func:`seed_agreement`); returns their paths."""
+    seeds into ``<study>_agreement.csv`` (:func:`seed_agreement`); returns their paths.
+
+    With ``merge`` (the default) the tables already in ``out_dir`` are read first and their runs
+    that are not under ``runs_root`` are kept (:func:`merge_previous`): a part of a study run in a
+    fresh clone, or on another machine, adds to the committed tables instead of replacing them.
+    ``merge=False`` tables only the runs found here."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = collect(study, runs_root)
+    previous = {}
+    if merge:
+        for part in ("runs", "agreement"):
+            path = out_dir / (f"{study.name}.csv" if part == "runs" else f"{study.name}_{part}.csv")
+            try:
+                previous[part] = pd.read_csv(path)
+            except (FileNotFoundError, pd.errors.EmptyDataError):  # none yet, or a table of no runs
+                pass
+    df = merge_previous(study, collect(study, runs_root), previous.get("runs"))
     summary = summarise(df)
     if len(summary):
         summary.insert(0, "study", str(study.path))
@@ -683,7 +746,7 @@ def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs") -> dict[s
         paths["levers"] = out_dir / f"{study.name}_levers.csv"
         levers.to_csv(paths["levers"], index=False)
         paths["agreement"] = out_dir / f"{study.name}_agreement.csv"
-        seed_agreement(study, runs_root).to_csv(paths["agreement"], index=False)
+        seed_agreement(study, runs_root, previous.get("agreement")).to_csv(paths["agreement"], index=False)
     return paths
 
 
@@ -694,8 +757,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("study", help="a name in benchmarks/studies/ or a path to a study YAML")
     p.add_argument("--out", default=str(RESULTS_DIR))
+    p.add_argument("--runs", default="runs", help="the folder the study's runs are under (default: runs)")
+    p.add_argument(
+        "--runs-only",
+        action="store_true",
+        help="table only the runs found under --runs (default: keep the runs of the tables already in --out that are not there)",
+    )
     a = p.parse_args(argv)
-    paths = write_results(load_study(a.study), a.out)
+    paths = write_results(load_study(a.study), a.out, runs_root=a.runs, merge=not a.runs_only)
     print(paths["markdown"].read_text())
 
 

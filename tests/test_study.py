@@ -318,3 +318,94 @@ def test_incumbent_must_be_a_variant(tmp_path):
         load_study(write_study(tmp_path, STUDY + "incumbent: nope\n"))
     first = next(iter(load_study(write_study(tmp_path, STUDY)).variants))
     assert load_study(write_study(tmp_path, STUDY + f"incumbent: {first}\n")).incumbent == first
+
+
+def test_write_results_keeps_the_previous_tables_runs(finished, tmp_path):
+    """A part of a study run in a fresh clone (or on another machine) adds to the committed tables:
+    the runs of the table already written that are not under the runs folder are kept, a run found
+    here replaces its old rows, and ``merge=False`` tables only the runs found here."""
+    import shutil
+
+    study, root = finished
+    out = tmp_path / "results"
+    write_results(study, out, runs_root=str(root))
+    first = pd.read_csv(out / "mine.csv")
+    assert first["parameters"].notna().all()  # each row records what made its run
+    shutil.rmtree(study.run_dir("sim", "vae", 2, root=str(root)))  # that run's folder is elsewhere now
+    shutil.rmtree(study.run_dir("sim", "pca_leiden", 0, root=str(root)))
+    metrics_path = Path(study.run_dir("sim", "vae", 1, root=str(root))) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["levels"][0]["ari"] = 0.05  # redone here: the run folder's numbers win
+    metrics_path.write_text(json.dumps(metrics))
+    write_results(study, out, runs_root=str(root))
+    merged = pd.read_csv(out / "mine.csv")
+    assert len(merged) == len(first) == 20
+    key = ["dataset", "method", "seed", "level_index"]
+    pd.testing.assert_frame_equal(
+        merged.query("method == 'vae' and seed == 2").reset_index(drop=True),
+        first.query("method == 'vae' and seed == 2").reset_index(drop=True),
+    )
+    vae1 = merged.query("method == 'vae' and seed == 1").set_index(key)["ari"]
+    assert vae1.iloc[0] == 0.05 and vae1.iloc[1] == first.query("method == 'vae' and seed == 1")["ari"].iloc[1]
+    assert list(merged["method"].drop_duplicates()) == ["vae", "momix_t", "pca_kmeans", "pca_leiden"]  # study order
+    summary = pd.read_csv(out / "mine_summary.csv").query("method == 'pca_leiden' and metric == 'ari'")
+    assert set(summary["n"]) == {3}
+    write_results(study, out, runs_root=str(root), merge=False)
+    alone = pd.read_csv(out / "mine.csv")
+    assert len(alone) == 16 and not alone.query("method == 'vae' and seed == 2").shape[0]
+
+
+def test_merge_refuses_previous_runs_made_with_other_parameters_and_drops_retired_ones(finished, tmp_path):
+    import shutil
+
+    from hiermix_pyro.study import merge_previous
+
+    study, root = finished
+    out = tmp_path / "results"
+    write_results(study, out, runs_root=str(root))
+    previous = pd.read_csv(out / "mine.csv")
+    shutil.rmtree(study.run_dir("sim", "vae", 0, root=str(root)))
+    here = collect(study, runs_root=str(root))
+    changed = previous.copy()
+    vae0 = changed["method"].eq("vae") & changed["seed"].eq(0)
+    params = json.loads(changed.loc[vae0, "parameters"].iloc[0])
+    changed.loc[vae0, "parameters"] = json.dumps(dict(params, lr=0.01))
+    with pytest.raises(
+        ValueError, match=r"(?s)1 run\(s\) of the previous table.*sim/vae/seed0: lr: run 0.01, study None"
+    ):
+        merge_previous(study, here, changed)
+    older = previous.drop(columns="parameters")  # a table from before the column: kept as it is
+    assert len(merge_previous(study, here, older)) == 20
+    study.variants.pop("vae")  # a variant the study no longer has: its old rows go
+    study.seeds = [0, 1]
+    merged = merge_previous(study, collect(study, runs_root=str(root)), previous)
+    assert "vae" not in set(merged["method"]) and set(merged["seed"]) == {0, 1}
+
+
+def test_seed_agreement_keeps_previous_rows_of_variants_not_here(finished, tmp_path):
+    import anndata as ad
+    from sklearn.metrics import adjusted_rand_score
+
+    from hiermix_pyro.study import seed_agreement
+
+    study, root = finished
+    cells = [f"c{i}" for i in range(8)]
+    labels = [[0, 0, 0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 1, 0, 0]]
+    for seed, l1 in enumerate(labels):
+        obs = pd.DataFrame({"cluster_L1": [str(v) for v in l1]}, index=cells)
+        adata = ad.AnnData(np.zeros((8, 1), dtype=np.float32), obs=obs, uns={"hiermix": {"levels": ["L1"]}})
+        adata.write_h5ad(Path(study.run_dir("sim", "vae", seed, root=str(root))) / "adata.h5ad")
+    previous = pd.DataFrame(
+        [
+            dict(dataset="sim", method="momix_t", n_seeds=4, level="L1", n_pairs=6, mean_ari=0.5, min_ari=0.1),
+            dict(dataset="sim", method="vae", n_seeds=9, level="L1", n_pairs=36, mean_ari=0.9, min_ari=0.8),
+        ]
+    )
+    table = seed_agreement(study, str(root), previous)
+    vae = table.query("method == 'vae' and level == 'L1'").iloc[0]
+    assert vae["n_seeds"] == 3 and vae["n_pairs"] == 3  # found here: computed, the old row replaced
+    pairs = [adjusted_rand_score(labels[a], labels[b]) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert pairs[0] == 1.0 and vae["mean_ari"] == pytest.approx(np.mean(pairs)) and vae["min_ari"] == min(pairs)
+    momix = table.query("method == 'momix_t'")  # one run here (no clusters saved): the old row stays
+    assert momix["n_seeds"].tolist() == [4] and momix["mean_ari"].tolist() == [0.5]
+    assert seed_agreement(study, str(root)).query("method == 'momix_t'").empty
