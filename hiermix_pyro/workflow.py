@@ -248,6 +248,8 @@ def evaluate(
     true labels, 1 for a strict hierarchy), and ``model_level``: the model level (from 1, coarsest)
     whose clusters were scored against it, or ``"kmeans"`` (``uns['hiermix']['level_map']``).
     ``hierarchy`` scores the hierarchy as a whole (:func:`~hiermix_pyro.metrics.adata_hierarchy_scores`).
+    A model initialised more than once (``init_restarts``) adds ``init_scores``, each start's seed
+    and validation ELBO per cell, and ``init_seed``, the seed of the start it kept.
 
     Needs :func:`annotate` first (it reads ``obs['cluster_<level>']`` and the level map).
     """
@@ -283,6 +285,12 @@ def evaluate(
     else:
         data = CountTensors.from_adata(adata, device, split)
     integration = _integration_scores(adata)
+    restarts = getattr(model, "init_scores", None)
+    if restarts:
+        restarts = dict(
+            init_scores=[dict(seed=int(s), val_elbo=float(e)) for s, e in restarts],
+            init_seed=int(max(restarts, key=lambda se: se[1])[0]),
+        )
     return dict(
         levels=scores,
         iwae=float(np.mean(iwae(model, data, n_samples=n_iwae_samples))),
@@ -293,6 +301,7 @@ def evaluate(
         n_iwae_samples=n_iwae_samples,
         hierarchy=adata_hierarchy_scores(adata),
         **({"scib": integration} if integration else {}),
+        **(restarts or {}),
     )
 
 

@@ -467,6 +467,15 @@ def test_init_restarts_keep_the_best_validation_elbo():
 
     seed_everything(seeds[int(np.argmax(scores))])  # the kept model is the best candidate: its score again
     assert elbo(model, CountTensors.from_adata(adata, split="validation")) == pytest.approx(max(scores), rel=1e-6)
+    from hiermix_pyro import workflow
+
+    workflow.annotate(model, adata)
+    recorded = workflow.evaluate(model, adata, n_iwae_samples=2)  # metrics.json says which start was kept
+    assert [(r["seed"], r["val_elbo"]) for r in recorded["init_scores"]] == list(model.init_scores)
+    assert recorded["init_seed"] == seeds[int(np.argmax(scores))]
+    once = build_model("momix", adata, ModelConfig(**{**vars(cfg), "init_restarts": 1}), seed=2)
+    workflow.annotate(once, adata)
+    assert "init_scores" not in workflow.evaluate(once, adata, n_iwae_samples=2)
     with pytest.raises(ValueError, match="init_restarts must be at least 1"):
         build_model("momix", adata, ModelConfig(init="random", init_restarts=0))
 
