@@ -729,10 +729,14 @@ def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs", merge: bo
     )
     df.to_csv(paths["runs"], index=False)
     summary.to_csv(paths["summary"], index=False)
+    merged_from = (
+        f" and the runs its tables held before (made elsewhere: each row of {study.name}.csv names its commit)"
+    )
+    merged_from = merged_from if merge else ""
     header = (
         f"# Study `{study.name}` ({study.path})\n\n{study.description.strip()}\n\n"
         f"Made by `make bench STUDY={study.name}` (benchmarks/Snakefile) from the runs in "
-        f"runs/{study.name}/. Cells: mean ± half-width of the 95% confidence interval (t), (n seeds), "
+        f"runs/{study.name}/{merged_from}. Cells: mean ± half-width of the 95% confidence interval (t), (n seeds), "
         "and for our models the one-sided Mann-Whitney p of model > the best peer at that level "
         "(* p < 0.05). Leiden (oracle k) has its resolution searched until it gives the true number "
         "of classes: it is told k. Level `all`: scores of the whole hierarchy (hierarchical F1, "
