@@ -23,6 +23,11 @@ Two strategies, chosen by ``ModelConfig.init``:
   follows the data's manifold where k-means cuts it into balls: on the sorted PBMCs the coarse
   levels come out far cleaner (the results page's ``hierarchy`` study).
 
+- ``"vae_leiden_ward"``: the same pre-training and Leiden at the finest level only, then the
+  coarser levels by Ward's agglomeration of its clusters (as ``vae_ward`` does with k-means'):
+  the levels nest, and the coarse clusters are the cheapest merges of the fine ones instead of
+  Leiden's own coarse cuts, which need not respect them.
+
 - ``"vae_leiden_single"``: the same pre-training and Leiden at the finest level only, then the
   coarser levels by single linkage of the fine clusters' centres (each merge joins the two groups
   with the closest pair of centres), cut at K_(L-1), ..., K_1 groups: the levels nest, and the
@@ -53,7 +58,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-INITS = ("random", "pca_kmeans", "vae_kmeans", "vae_ward", "vae_leiden", "vae_leiden_single")
+INITS = ("random", "pca_kmeans", "vae_kmeans", "vae_ward", "vae_leiden", "vae_leiden_ward", "vae_leiden_single")
 LEIDEN_MAX_CELLS = 50_000  # vae_leiden: Leiden on at most this many training cells (a kNN graph of 1M cells takes long)
 
 
@@ -89,6 +94,8 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
             labels = leiden_levels(emb, K, seed)
         elif method == "vae_leiden_single":
             labels = nested_single(emb, K, seed)
+        elif method == "vae_leiden_ward":
+            labels = nested_leiden_ward(emb, K, seed)
         else:
             labels = nested_ward(emb, K, seed) if method == "vae_ward" else nested_kmeans(emb, K, seed)
     set_components(model, emb, labels, None if method == "pca_kmeans" else q_var)
@@ -203,6 +210,17 @@ def leiden_levels(emb: np.ndarray, level_sizes, seed: int = 0, max_cells: int = 
             found = labels
         out.append(found.astype(np.int64))
     return out
+
+
+def nested_leiden_ward(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarray]:
+    """Per-level labels ``[N]`` (coarse to fine) that nest: Leiden with K_L clusters at the finest
+    level (:func:`leiden_levels`), then Ward's agglomeration of its clusters (:func:`ward_groups`,
+    weighted by their sizes), cut at every coarser size."""
+    fine = leiden_levels(emb, level_sizes[-1:], seed)[0]
+    n = int(fine.max()) + 1
+    centres = np.stack([emb[fine == j].mean(0) for j in range(n)])
+    groups = ward_groups(centres, np.bincount(fine, minlength=n), level_sizes[:-1])
+    return [groups[k][fine] for k in level_sizes[:-1]] + [fine]
 
 
 def nested_single(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarray]:

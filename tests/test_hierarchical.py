@@ -642,7 +642,31 @@ def test_nested_single_puts_the_widest_gap_on_top():
     assert len(np.unique(ward[:4])) == 2  # Ward's top split cuts A from B instead
 
 
-@pytest.mark.parametrize("init", ["vae_kmeans", "vae_ward", "vae_leiden", "vae_leiden_single"])
+def test_nested_leiden_ward_merges_the_fine_leiden_clusters():
+    """vae_leiden_ward: Leiden finds the 5 fine clusters; the coarser levels are Ward's merges of
+    them, weighted by their sizes (so the small far group S joins a large one), and nest."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from hiermix_pyro.initialise import nested_leiden_ward, ward_groups
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [11.0, 0.0], [14.0, 0.0], [7.0, 13.0]])
+    sizes = [100, 100, 100, 100, 20]
+    fine = np.repeat(np.arange(5), sizes)
+    emb = centres[fine] + 0.3 * rng.standard_normal((len(fine), 2))
+    labels = nested_leiden_ward(emb, (2, 3, 5), seed=0)
+    assert adjusted_rand_score(fine, labels[2]) == 1.0
+    found = np.stack([emb[labels[2] == j].mean(0) for j in range(5)])
+    expected = ward_groups(found, np.bincount(labels[2]), [2, 3])
+    assert adjusted_rand_score(expected[2][labels[2]], labels[0]) == 1.0
+    assert adjusted_rand_score(expected[3][labels[2]], labels[1]) == 1.0
+    assert adjusted_rand_score(np.array([0, 0, 1, 1, 2])[fine], labels[1]) == 1.0  # A | B | S
+    top = labels[0][fine < 4]  # A | B on top, S (small: cheap to merge) inside one of them
+    assert adjusted_rand_score(fine[fine < 4] < 2, top) == 1.0 and len(np.unique(labels[0][fine == 4])) == 1
+    assert nesting_score(labels[0], labels[1]) == 1.0 and nesting_score(labels[1], labels[2]) == 1.0
+
+
+@pytest.mark.parametrize("init", ["vae_kmeans", "vae_ward", "vae_leiden", "vae_leiden_ward", "vae_leiden_single"])
 def test_vae_inits_set_the_used_paths(init):
     """Every VAE-based initialisation ends with the cells' paths carrying almost all prior mass."""
     adata = prepare(simulate_hierarchy(branching=(2, 2), cells_per_leaf=30, n_genes=40, seed=0), n_hvg=None)
