@@ -216,11 +216,16 @@ def nested_leiden_ward(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.n
     """Per-level labels ``[N]`` (coarse to fine) that nest: Leiden with K_L clusters at the finest
     level (:func:`leiden_levels`), then Ward's agglomeration of its clusters (:func:`ward_groups`,
     weighted by their sizes), cut at every coarser size."""
-    fine = leiden_levels(emb, level_sizes[-1:], seed)[0]
-    n = int(fine.max()) + 1
-    centres = np.stack([emb[fine == j].mean(0) for j in range(n)])
-    groups = ward_groups(centres, np.bincount(fine, minlength=n), level_sizes[:-1])
+    fine, centres = _leiden_finest(emb, level_sizes[-1], seed)
+    groups = ward_groups(centres, np.bincount(fine, minlength=len(centres)), level_sizes[:-1])
     return [groups[k][fine] for k in level_sizes[:-1]] + [fine]
+
+
+def _leiden_finest(emb: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Leiden with ``k`` clusters (:func:`leiden_levels`): the labels ``[N]`` and the clusters'
+    centres ``[k', D]`` (k' = the clusters found)."""
+    fine = leiden_levels(emb, (k,), seed)[0]
+    return fine, np.stack([emb[fine == j].mean(0) for j in range(int(fine.max()) + 1)])
 
 
 def nested_single(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarray]:
@@ -229,8 +234,7 @@ def nested_single(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarra
     size. Single linkage can leave fewer groups than asked where distances tie (then paths stay empty)."""
     from scipy.cluster.hierarchy import fcluster, linkage
 
-    fine = leiden_levels(emb, level_sizes[-1:], seed)[0]
-    centres = np.stack([emb[fine == j].mean(0) for j in range(fine.max() + 1)])
+    fine, centres = _leiden_finest(emb, level_sizes[-1], seed)
     if len(centres) < 2:
         return [np.zeros_like(fine) for _ in level_sizes[:-1]] + [fine]
     tree = linkage(centres.astype(np.float64), method="single")

@@ -710,13 +710,11 @@ def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs", merge: bo
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     previous = {}
-    if merge:
-        for part in ("runs", "agreement"):
-            path = out_dir / (f"{study.name}.csv" if part == "runs" else f"{study.name}_{part}.csv")
-            try:
-                previous[part] = pd.read_csv(path)
-            except (FileNotFoundError, pd.errors.EmptyDataError):  # none yet, or a table of no runs
-                pass
+    for part, name in (("runs", f"{study.name}.csv"), ("agreement", f"{study.name}_agreement.csv")) if merge else ():
+        try:
+            previous[part] = pd.read_csv(out_dir / name)
+        except (FileNotFoundError, pd.errors.EmptyDataError):  # none yet, or a table of no runs
+            pass
     df = merge_previous(study, collect(study, runs_root), previous.get("runs"))
     summary = summarise(df)
     if len(summary):
@@ -731,8 +729,9 @@ def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs", merge: bo
     summary.to_csv(paths["summary"], index=False)
     merged_from = (
         f" and the runs its tables held before (made elsewhere: each row of {study.name}.csv names its commit)"
+        if merge
+        else ""
     )
-    merged_from = merged_from if merge else ""
     header = (
         f"# Study `{study.name}` ({study.path})\n\n{study.description.strip()}\n\n"
         f"Made by `make bench STUDY={study.name}` (benchmarks/Snakefile) from the runs in "
