@@ -439,6 +439,52 @@ def lever_table(levers: pd.DataFrame, dataset: str, digits: int = 3) -> pd.DataF
     return table
 
 
+def dataset_differences(
+    runs: pd.DataFrame, baseline: str, other: str, metrics=("ari", "h_f1", "dendrogram_purity")
+) -> pd.DataFrame:
+    """Each method's scores on dataset ``other`` minus those on ``baseline``, seed by seed: for two
+    preparations of the same cells (e.g. 500 and 2,000 genes), whose runs of one seed share the data
+    split. Long, in :func:`hiermix_pyro.study.paired_differences`' columns (``dataset`` is
+    ``other``, ``baseline`` the baseline dataset), so that :func:`lever_table` shows it; methods
+    with runs on one of the two only are left out."""
+    from scipy import stats
+
+    from .study import RUN_METRICS, t_interval
+
+    for name in (baseline, other):
+        if not runs["dataset"].eq(name).any():
+            raise ValueError(f"no runs of dataset {name!r} (datasets: {sorted(runs['dataset'].unique())})")
+    d = runs[runs["dataset"].isin([baseline, other])]
+    rows = []
+    for method, m in d.groupby("method", sort=False):
+        for metric in metrics:
+            per_run = metric in RUN_METRICS
+            values = m.drop_duplicates(["dataset", "seed"]).assign(level=RUN_LEVEL) if per_run else m
+            wide = values.pivot_table(index=["level", "seed"], columns="dataset", values=metric)
+            if baseline not in wide or other not in wide:
+                continue
+            for level, diff in (wide[other] - wide[baseline]).dropna().groupby(level="level", sort=False):
+                x = diff.to_numpy(dtype=float)
+                low, high = t_interval(x)
+                p = float(stats.ttest_1samp(x, 0.0).pvalue) if len(x) > 1 and np.ptp(x) > 1e-12 else np.nan
+                rows.append(
+                    dict(
+                        dataset=other,
+                        method=method,
+                        label=m["label"].iloc[0],
+                        baseline=baseline,
+                        level=str(level),
+                        metric=metric,
+                        n=len(x),
+                        mean_diff=float(x.mean()),
+                        ci95_low=low,
+                        ci95_high=high,
+                        paired_t_p=p,
+                    )
+                )
+    return pd.DataFrame(rows)
+
+
 def _left_out(exclude: dict | None) -> str:
     """`` Not candidates: `a` (why); `b` (why).`` for a choice's sentence (empty without any)."""
     if not exclude:

@@ -272,3 +272,24 @@ def test_challengers_replace_the_defaults_only_with_a_clear_gain():
     sentence = report.challengers(runs, "sim", "d", exclude={"x": "why"})
     assert "no variant has a higher validation ELBO" in sentence and sentence.endswith("The defaults stay.")
     assert "`x`" not in sentence and report.challengers(runs, "sim", "absent") is None
+
+
+def test_dataset_differences_pair_the_seeds_of_two_preparations():
+    runs = pd.concat(
+        [runs_table(dataset="genes500"), runs_table(dataset="genes2000", methods=("momix", "pca_leiden", "extra"))]
+    )
+    gain = runs["dataset"].eq("genes2000") * (runs["seed"] * 0.01 + 0.05)
+    runs["ari"] = runs["ari"].where(runs["dataset"].eq("genes500"), 0.0) + gain
+    base = runs[runs["dataset"].eq("genes500")].set_index(["method", "seed", "level"])["ari"]
+    runs.loc[runs["dataset"].eq("genes2000"), "ari"] += (
+        runs[runs["dataset"].eq("genes2000")].set_index(["method", "seed", "level"]).index.map(base.get).to_numpy()
+    )
+    diffs = report.dataset_differences(runs, "genes500", "genes2000")
+    assert set(diffs["method"]) == {"momix", "pca_leiden"}  # "extra" has no runs on genes500
+    ari = diffs[diffs["metric"].eq("ari")]
+    assert ari["n"].eq(3).all() and np.allclose(ari["mean_diff"], 0.06)
+    assert set(diffs.loc[diffs["metric"].eq("h_f1"), "level"]) == {"all"}
+    table = report.lever_table(diffs, "genes2000")
+    assert table.index.name == "variant − genes500" and "+0.060" in table.loc["momix", "ARI L1"]
+    with pytest.raises(ValueError, match="no runs of dataset 'absent'"):
+        report.dataset_differences(runs, "genes500", "absent")
