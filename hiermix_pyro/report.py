@@ -447,9 +447,7 @@ def dataset_differences(
     split. Long, in :func:`hiermix_pyro.study.paired_differences`' columns (``dataset`` is
     ``other``, ``baseline`` the baseline dataset), so that :func:`lever_table` shows it; methods
     with runs on one of the two only are left out."""
-    from scipy import stats
-
-    from .study import RUN_METRICS, t_interval
+    from .study import RUN_METRICS, difference_summary
 
     for name in (baseline, other):
         if not runs["dataset"].eq(name).any():
@@ -464,9 +462,6 @@ def dataset_differences(
             if baseline not in wide or other not in wide:
                 continue
             for level, diff in (wide[other] - wide[baseline]).dropna().groupby(level="level", sort=False):
-                x = diff.to_numpy(dtype=float)
-                low, high = t_interval(x)
-                p = float(stats.ttest_1samp(x, 0.0).pvalue) if len(x) > 1 and np.ptp(x) > 1e-12 else np.nan
                 rows.append(
                     dict(
                         dataset=other,
@@ -475,11 +470,7 @@ def dataset_differences(
                         baseline=baseline,
                         level=str(level),
                         metric=metric,
-                        n=len(x),
-                        mean_diff=float(x.mean()),
-                        ci95_low=low,
-                        ci95_high=high,
-                        paired_t_p=p,
+                        **difference_summary(diff.to_numpy()),
                     )
                 )
     return pd.DataFrame(rows)

@@ -583,12 +583,23 @@ def markdown_table(summary: pd.DataFrame, metrics=("ari", "weighted_f1", "h_f1",
 LEVER_METRICS = ("ari", "h_f1", "dendrogram_purity", "val_elbo", "iwae")  # the lever table's columns
 
 
+def difference_summary(diff) -> dict:
+    """Paired differences summarised: ``n``, ``mean_diff``, its 95% CI (t: ``ci95_low``,
+    ``ci95_high``) and the two-sided one-sample t-test p against 0 (``paired_t_p``; NaN with one
+    difference or with all of them equal)."""
+    from scipy import stats
+
+    x = np.asarray(diff, dtype=float)
+    low, high = t_interval(x)
+    p = float(stats.ttest_1samp(x, 0.0).pvalue) if len(x) > 1 and np.ptp(x) > 1e-12 else np.nan
+    return dict(n=len(x), mean_diff=float(x.mean()), ci95_low=low, ci95_high=high, paired_t_p=p)
+
+
 def paired_differences(df: pd.DataFrame, baseline: str, metrics=LEVER_METRICS) -> pd.DataFrame:
     """Each model variant against ``baseline``, seed by seed: per (dataset, method, level, metric),
     the differences variant - baseline over the seeds both have, their n, mean, 95% CI (t) and the
     two-sided paired t-test p. A lever's effect with the seed's data split and initialisation noise
     paired out. Level-wise metrics per level; run-wide ones at level ``all``."""
-    from scipy import stats
 
     cols = ["dataset", "method", "label", "seed"]
     models = df[df["kind"].eq("model")]
@@ -612,12 +623,6 @@ def paired_differences(df: pd.DataFrame, baseline: str, metrics=LEVER_METRICS) -
     for method in [m for m in wide.columns if m != baseline]:
         diff = (wide[method] - wide[baseline]).dropna()
         for (dataset, level, metric), d in diff.groupby(level=["dataset", "level", "metric"], sort=False):
-            low, high = t_interval(d.to_numpy())
-            p = (
-                float(stats.ttest_1samp(d.to_numpy(), 0.0).pvalue)
-                if len(d) > 1 and np.ptp(d.to_numpy()) > 1e-12
-                else np.nan
-            )
             rows.append(
                 dict(
                     dataset=dataset,
@@ -626,11 +631,7 @@ def paired_differences(df: pd.DataFrame, baseline: str, metrics=LEVER_METRICS) -
                     baseline=baseline,
                     level=level,
                     metric=metric,
-                    n=len(d),
-                    mean_diff=float(d.mean()),
-                    ci95_low=low,
-                    ci95_high=high,
-                    paired_t_p=p,
+                    **difference_summary(d.to_numpy()),
                     _order=(level_order.get(level, 99), metric_order.get(metric, 99)),
                 )
             )
