@@ -600,7 +600,6 @@ def paired_differences(df: pd.DataFrame, baseline: str, metrics=LEVER_METRICS) -
     the differences variant - baseline over the seeds both have, their n, mean, 95% CI (t) and the
     two-sided paired t-test p. A lever's effect with the seed's data split and initialisation noise
     paired out. Level-wise metrics per level; run-wide ones at level ``all``."""
-
     cols = ["dataset", "method", "label", "seed"]
     models = df[df["kind"].eq("model")]
     level_rows = models.melt(

@@ -275,15 +275,10 @@ def test_challengers_replace_the_defaults_only_with_a_clear_gain():
 
 
 def test_dataset_differences_pair_the_seeds_of_two_preparations():
-    runs = pd.concat(
-        [runs_table(dataset="genes500"), runs_table(dataset="genes2000", methods=("momix", "pca_leiden", "extra"))]
-    )
-    gain = runs["dataset"].eq("genes2000") * (runs["seed"] * 0.01 + 0.05)
-    runs["ari"] = runs["ari"].where(runs["dataset"].eq("genes500"), 0.0) + gain
-    base = runs[runs["dataset"].eq("genes500")].set_index(["method", "seed", "level"])["ari"]
-    runs.loc[runs["dataset"].eq("genes2000"), "ari"] += (
-        runs[runs["dataset"].eq("genes2000")].set_index(["method", "seed", "level"]).index.map(base.get).to_numpy()
-    )
+    genes500 = runs_table(dataset="genes500")
+    genes2000 = genes500[genes500["method"].isin(["momix", "pca_leiden"])].assign(dataset="genes2000")
+    genes2000["ari"] += 0.05 + 0.01 * genes2000["seed"]  # seeds 0-2: a mean gain of 0.06
+    runs = pd.concat([genes500, genes2000, runs_table(dataset="genes2000", methods=("extra",))])
     diffs = report.dataset_differences(runs, "genes500", "genes2000")
     assert set(diffs["method"]) == {"momix", "pca_leiden"}  # "extra" has no runs on genes500
     ari = diffs[diffs["metric"].eq("ari")]
