@@ -41,7 +41,7 @@ Two strategies, chosen by ``ModelConfig.init``:
   gains the most log-likelihood over one diagonal Gaussian, until the level has K_l groups (the
   coarser levels nest; the finest need not). A mixture's own criterion, where Ward's and k-means'
   is the sum of squares: on the sorted PBMCs it isolates the stem cells at the first level and
-  splits the T cells, not the stem cells, into a fifth group (``benchmarks/variance_splits.py``,
+  splits the T cells, not the stem cells, into a fifth group (``benchmarks/level_splits.py``,
   the results page). Added after that analysis, which used the labels: an option, not a default
   chosen by the hierarchy study. Above ``LEIDEN_MAX_CELLS`` training cells the splits run on a
   seeded sample and the other cells join the nearest group centre in the VAE's latent.

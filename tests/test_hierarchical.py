@@ -666,7 +666,77 @@ def test_nested_leiden_ward_merges_the_fine_leiden_clusters():
     assert nesting_score(labels[0], labels[1]) == 1.0 and nesting_score(labels[1], labels[2]) == 1.0
 
 
-@pytest.mark.parametrize("init", ["vae_kmeans", "vae_ward", "vae_leiden", "vae_leiden_ward", "vae_leiden_single"])
+def broad_and_bimodal(seed: int = 0):
+    """A broad Gaussian cloud of 1,000 cells (sd 3, no sub-structure) and, far from it, two tight
+    clusters of 100 cells 1 apart (sd 0.1): the group labels [1200] (0 broad; 1, 2 tight) and the
+    points [1200, 2]."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat([0, 1, 2], [1000, 100, 100])
+    centres = np.array([[0.0, 0.0], [40.0, 0.0], [41.0, 0.0]])
+    return group, centres[group] + np.array([3.0, 0.1, 0.1])[group, None] * rng.standard_normal((1200, 2))
+
+
+def test_gaussian_split_gains_the_mixture_log_likelihood():
+    """gaussian_split: the labels of a two-component diagonal mixture and its log-likelihood minus
+    one diagonal Gaussian's, which is ~0 for one Gaussian cloud and large for two tight clusters."""
+    from sklearn.mixture import GaussianMixture
+
+    from hiermix_pyro.initialise import gaussian_loglik, gaussian_split
+
+    group, x = broad_and_bimodal()
+    one = GaussianMixture(1, covariance_type="diag").fit(x[group == 0])
+    assert gaussian_loglik(x[group == 0]) == pytest.approx(one.score(x[group == 0]) * 1000, rel=1e-6)
+    labels, gain = gaussian_split(x[group > 0], seed=0)
+    assert (labels == (group[group > 0] == 2)).all() | (labels == (group[group > 0] == 1)).all()
+    # per cell: 0.5 log(var one / var two) in the split direction (0.26 / 0.01) minus log 2 for the weights
+    assert gain == pytest.approx(200 * (0.5 * math.log(0.26 / 0.01) - math.log(2)), rel=0.1)
+    assert abs(gaussian_split(x[group == 0], seed=0)[1]) < 20  # a Gaussian gains little from two components
+    assert gaussian_split(x[:3], seed=0)[1] == -np.inf  # too few rows to split
+
+
+def test_divisive_splits_follow_the_likelihood_where_the_sum_of_squares_would_not():
+    """divisive_splits: top down from one group, each split the group that gains the most. The
+    likelihood splits the two tight clusters; the sum of squares (two-means) would cut the broad
+    cloud, which holds far more of it. Levels nest, and a start partition is kept."""
+    from sklearn.cluster import KMeans
+
+    from hiermix_pyro.initialise import divisive_splits
+
+    group, x = broad_and_bimodal()
+    levels = divisive_splits(x, (2, 3), seed=0)
+    assert [len(np.unique(lab)) for lab in levels] == [2, 3]
+    assert (levels[0] == (group > 0)).all() | (levels[0] == (group == 0)).all()  # broad | tight pair
+    assert len(np.unique(levels[1][group == 0])) == 1 and len(np.unique(levels[1][group > 0])) == 2
+    assert nesting_score(levels[0], levels[1]) == 1.0
+
+    def two_means(rows, seed):
+        fit = KMeans(2, n_init=10, random_state=seed).fit(rows)
+        return fit.labels_, ((rows - rows.mean(0)) ** 2).sum() - fit.inertia_
+
+    by_variance = divisive_splits(x, (3,), seed=0, split=two_means, start=group > 0)[0]
+    assert len(np.unique(by_variance[group == 0])) == 2  # the sum of squares cuts the broad cloud
+    assert (divisive_splits(x[:3], (4,), seed=0)[0] == 0).all()  # stops where no group can be split
+
+
+def test_divisive_levels_samples_large_data():
+    """vae_divisive's labels: coarse levels from the counts' PCA, the finest by Leiden on the latent;
+    above max_cells the other cells join the nearest coarse centre in the latent."""
+    from hiermix_pyro.initialise import divisive_levels
+
+    adata = simulate_hierarchy(branching=(2, 2), cells_per_leaf=40, n_genes=40, seed=0)
+    truth = adata.obs["L2"].astype(str).to_numpy()
+    emb = np.eye(4)[np.unique(truth, return_inverse=True)[1]] * 5.0 + 0.1 * np.random.default_rng(0).standard_normal(
+        (160, 4)
+    )
+    for max_cells in (10_000, 100):
+        levels = divisive_levels(adata, emb, (2, 4), n_components=3, seed=0, max_cells=max_cells)
+        assert [len(lab) for lab in levels] == [160, 160] and len(np.unique(levels[0])) == 2
+        assert len(np.unique(levels[1])) == 4
+
+
+@pytest.mark.parametrize(
+    "init", ["vae_kmeans", "vae_ward", "vae_leiden", "vae_leiden_ward", "vae_leiden_single", "vae_divisive"]
+)
 def test_vae_inits_set_the_used_paths(init):
     """Every VAE-based initialisation ends with the cells' paths carrying almost all prior mass."""
     adata = prepare(simulate_hierarchy(branching=(2, 2), cells_per_leaf=30, n_genes=40, seed=0), n_hvg=None)
