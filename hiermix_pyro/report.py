@@ -807,3 +807,24 @@ def coarse_split_table(splits: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     table = table.sort_values(["rule", "seeds"], key=lambda c: c.map(order) if c.name == "rule" else -c, kind="stable")
     table["ari"] = table["ari"].round(digits)
     return table.rename(columns={"split": "split of the true groups", "ari": "mean ARI"}).reset_index(drop=True)
+
+
+def level_split_table(splits: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """``benchmarks/level_splits.py``'s tables (one or several) summarised: one row per dataset (when
+    the tables name it), embedding and rule, per level the mean ARI of the greedy splits from the true level above and
+    the groups they split (mean number of splits over the seeds, where above 0), then the mean ARI
+    with every true parent split into its true number of groups (``forced``), and the seeds."""
+    rows = []
+    keys = [key for key in ("dataset", "embedding", "rule") if key in splits]
+    for values, part in splits.groupby(keys, sort=False):
+        row = dict(zip(keys, values))
+        for level, lv in part.groupby("level", sort=False):
+            per_seed = lv.drop_duplicates("seed")
+            split = lv.groupby("group", sort=False)["greedy_splits"].mean()
+            groups = ", ".join(f"{g}" if n == 1 else f"{g} x{n:.2g}" for g, n in split[split > 0].items())
+            row[f"greedy {level}"] = f"{per_seed['greedy_ari'].mean():.{digits}f} ({groups})"
+        for level, lv in part.groupby("level", sort=False):
+            row[f"forced {level}"] = round(lv.drop_duplicates("seed")["forced_ari"].mean(), digits)
+        row["seeds"] = part["seed"].nunique()
+        rows.append(row)
+    return pd.DataFrame(rows)

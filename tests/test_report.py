@@ -259,6 +259,50 @@ def test_coarse_split_table_orders_rules_and_counts_seeds():
     assert table["mean ARI"].tolist() == [1.0, 1.0, 0.2, 0.4]
 
 
+def test_level_split_table_has_one_row_per_embedding_and_rule():
+    rows = []
+    for seed in range(2):
+        for rule, l2_split in [("variance", "big"), ("likelihood", "small")]:
+            ari = 0.5 + 0.1 * seed if rule == "variance" else 0.9
+            rows += [
+                dict(
+                    embedding="pca",
+                    rule=rule,
+                    seed=seed,
+                    level="L1",
+                    group="all",
+                    greedy_splits=1,
+                    greedy_ari=0.2,
+                    forced_ari=0.2,
+                ),
+                dict(
+                    embedding="pca",
+                    rule=rule,
+                    seed=seed,
+                    level="L2",
+                    group="big",
+                    greedy_splits=int(l2_split == "big"),
+                    greedy_ari=ari,
+                    forced_ari=0.95,
+                ),
+                dict(
+                    embedding="pca",
+                    rule=rule,
+                    seed=seed,
+                    level="L2",
+                    group="small",
+                    greedy_splits=int(l2_split == "small") + seed,
+                    greedy_ari=ari,
+                    forced_ari=0.95,
+                ),
+            ]
+    table = report.level_split_table(pd.DataFrame(rows)).set_index("rule")
+    assert table.loc["variance", "greedy L2"] == "0.550 (big, small x0.5)"  # the second seed also split small
+    assert table.loc["likelihood", "greedy L2"] == "0.900 (small x1.5)"
+    assert table.loc["variance", "greedy L1"] == "0.200 (all)" and table.loc["likelihood", "forced L2"] == 0.95
+    assert table["seeds"].tolist() == [2, 2]
+
+
 def test_challengers_replace_the_defaults_only_with_a_clear_gain():
     runs = runs_table(methods=("d", "a", "b", "x", "pca_leiden"), seeds=(0, 1, 2, 3))
     noise = {0: 0.1, 1: -0.1, 2: 0.05, 3: -0.05}
