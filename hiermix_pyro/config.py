@@ -60,7 +60,7 @@ class ModelConfig:
     guide: str = "collapsed"  # momix: collapsed (q(z|x), y summed out in the model) | structured (q(y|x) q(z|x,y)) | structured_y (q(y|x) q(z|x))
     sum_paths: str = "closed_form"  # collapsed guide: closed_form (logsumexp over the [B, P] matrix) | enumerate (Pyro enumerates y1..yL in the model; the same ELBO, slower)
     init: str | None = (
-        None  # components: vae_leiden (VAE pre-training, Leiden at K_l per level) | vae_kmeans (nested k-means) | vae_ward (coarser levels by Ward) | vae_leiden_ward (Leiden at the finest level, coarser by Ward) | vae_leiden_single (Leiden at the finest level, coarser by single linkage) | vae_divisive (Leiden at the finest level, coarser by top-down Gaussian-mixture splits of the counts' PCA) | pca_kmeans (reference) | random; None: the model's own (momix vae_leiden; mixture, indmom vae_kmeans)
+        None  # components: vae_leiden (VAE pre-training, Leiden at K_l per level) | vae_kmeans (nested k-means) | vae_ward (coarser levels by Ward) | vae_leiden_ward (Leiden at the finest level, coarser by Ward) | vae_leiden_single (Leiden at the finest level, coarser by single linkage) | vae_divisive (Leiden at the finest level, coarser by top-down Gaussian-mixture splits of the counts' PCA) | vae_divisive_top (the first level by that split, the others by Leiden) | pca_kmeans (reference) | random; None: the model's own (momix vae_leiden; mixture, indmom vae_kmeans)
     )
     init_epochs: int | None = (
         None  # plain-VAE pre-training epochs of the vae_* inits; None: the model's own (momix 50; mixture, indmom 10)

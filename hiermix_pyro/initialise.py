@@ -46,6 +46,12 @@ Two strategies, chosen by ``ModelConfig.init``:
   chosen by the hierarchy study. Above ``LEIDEN_MAX_CELLS`` training cells the splits run on a
   seeded sample and the other cells join the nearest group centre in the VAE's latent.
 
+- ``"vae_divisive_top"``: ``vae_divisive``'s first split only (the first level), every other
+  level by Leiden on the VAE's latent as ``vae_leiden``: on the sorted PBMCs the likelihood's
+  top split isolates the stem cells in every embedding tried, while below it Leiden's levels,
+  found in the latent itself, survive training better than splits found in the PCA. Also an
+  option, for the same reason.
+
 ``ModelConfig.init_restarts`` = R > 1 initialises R times (seeds ``seed``, ``seed + 1000``, ...)
 and keeps the initialisation with the best ELBO on the validation cells: chosen without labels.
 
@@ -78,6 +84,7 @@ INITS = (
     "vae_leiden_ward",
     "vae_leiden_single",
     "vae_divisive",
+    "vae_divisive_top",
 )
 LEIDEN_MAX_CELLS = 50_000  # vae_leiden: Leiden on at most this many training cells (a kNN graph of 1M cells takes long)
 
@@ -116,8 +123,9 @@ def initialise(model, adata, method: str = "random", seed: int = 0):
             labels = nested_single(emb, K, seed)
         elif method == "vae_leiden_ward":
             labels = nested_leiden_ward(emb, K, seed)
-        elif method == "vae_divisive":
-            labels = divisive_levels(train, emb, K, model.config.latent_dim, seed)
+        elif method in ("vae_divisive", "vae_divisive_top"):
+            top = 1 if method == "vae_divisive_top" else None
+            labels = divisive_levels(train, emb, K, model.config.latent_dim, seed, n_divisive=top)
         else:
             labels = nested_ward(emb, K, seed) if method == "vae_ward" else nested_kmeans(emb, K, seed)
     set_components(model, emb, labels, None if method == "pca_kmeans" else q_var)
@@ -275,11 +283,19 @@ def divisive_splits(x: np.ndarray, sizes, seed: int = 0, split=gaussian_split, s
 
 
 def divisive_levels(
-    train, emb: np.ndarray, level_sizes, n_components: int, seed: int = 0, max_cells: int = LEIDEN_MAX_CELLS
+    train,
+    emb: np.ndarray,
+    level_sizes,
+    n_components: int,
+    seed: int = 0,
+    max_cells: int = LEIDEN_MAX_CELLS,
+    n_divisive: int | None = None,
 ):
     """``vae_divisive``'s per-level labels ``[N]`` of the training cells ``train`` (AnnData of
-    counts) with VAE latent means ``emb`` ``[N, D]``: the coarser levels by :func:`divisive_splits`
-    of the counts' PCA (``n_components``), the finest by Leiden on ``emb`` (:func:`leiden_levels`)."""
+    counts) with VAE latent means ``emb`` ``[N, D]``: the first ``n_divisive`` levels (default: all
+    but the finest) by :func:`divisive_splits` of the counts' PCA (``n_components``), the others
+    by Leiden on ``emb`` (:func:`leiden_levels`; ``vae_divisive_top``: ``n_divisive=1``)."""
+    n_divisive = len(level_sizes) - 1 if n_divisive is None else n_divisive
     n = train.n_obs
     sample = np.arange(n)
     if n > max_cells:
@@ -288,7 +304,7 @@ def divisive_levels(
     cells = cells.to_memory() if getattr(cells, "isbacked", False) else cells
     pcs = pca_embedding(cells, min(n_components, cells.n_obs - 1, cells.n_vars - 1), seed)
     out = []
-    for found in divisive_splits(pcs, level_sizes[:-1], seed):
+    for found in divisive_splits(pcs, level_sizes[:n_divisive], seed):
         if len(sample) < n:  # the other cells: the nearest group centre in the VAE's latent
             centres = np.stack([emb[sample][found == j].mean(0) for j in range(found.max() + 1)])
             labels = np.empty(n, dtype=np.int64)
@@ -298,7 +314,7 @@ def divisive_levels(
             labels[sample] = found
             found = labels
         out.append(found)
-    return out + leiden_levels(emb, level_sizes[-1:], seed, max_cells)
+    return out + leiden_levels(emb, level_sizes[n_divisive:], seed, max_cells)
 
 
 def nested_leiden_ward(emb: np.ndarray, level_sizes, seed: int = 0) -> list[np.ndarray]:

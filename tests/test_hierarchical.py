@@ -721,7 +721,7 @@ def test_divisive_splits_follow_the_likelihood_where_the_sum_of_squares_would_no
 def test_divisive_levels_samples_large_data():
     """vae_divisive's labels: coarse levels from the counts' PCA, the finest by Leiden on the latent;
     above max_cells the other cells join the nearest coarse centre in the latent."""
-    from hiermix_pyro.initialise import divisive_levels
+    from hiermix_pyro.initialise import divisive_levels, leiden_levels
 
     adata = simulate_hierarchy(branching=(2, 2), cells_per_leaf=40, n_genes=40, seed=0)
     truth = adata.obs["L2"].astype(str).to_numpy()
@@ -732,10 +732,23 @@ def test_divisive_levels_samples_large_data():
         levels = divisive_levels(adata, emb, (2, 4), n_components=3, seed=0, max_cells=max_cells)
         assert [len(lab) for lab in levels] == [160, 160] and len(np.unique(levels[0])) == 2
         assert len(np.unique(levels[1])) == 4
+    # vae_divisive_top: the first level by the split, the others by Leiden on the latent (here its 4 blobs)
+    top = divisive_levels(adata, emb, (2, 3, 4), n_components=3, seed=0, n_divisive=1)
+    assert [len(np.unique(lab)) for lab in top] == [2, 3, 4]
+    assert (top[2] == leiden_levels(emb, (4,), seed=0)[0]).all()
 
 
 @pytest.mark.parametrize(
-    "init", ["vae_kmeans", "vae_ward", "vae_leiden", "vae_leiden_ward", "vae_leiden_single", "vae_divisive"]
+    "init",
+    [
+        "vae_kmeans",
+        "vae_ward",
+        "vae_leiden",
+        "vae_leiden_ward",
+        "vae_leiden_single",
+        "vae_divisive",
+        "vae_divisive_top",
+    ],
 )
 def test_vae_inits_set_the_used_paths(init):
     """Every VAE-based initialisation ends with the cells' paths carrying almost all prior mass."""
