@@ -208,6 +208,17 @@ def pca_embedding(adata, n_components: int, seed: int = 0) -> np.ndarray:
     return PCA(n_components, random_state=seed).fit_transform(X).astype(np.float32)
 
 
+def extend_to_all(emb: np.ndarray, sample: np.ndarray, found: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Labels ``[N]`` of all rows of ``emb``: ``found`` for the rows ``sample``, the nearest of
+    ``centres`` ``[m, D]`` for the others (in chunks of 65,536 rows, no ``[N, m, D]`` temporary)."""
+    labels = np.empty(len(emb), dtype=np.int64)
+    for start in range(0, len(emb), 65_536):
+        chunk = emb[start : start + 65_536]
+        labels[start : start + len(chunk)] = ((chunk[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    labels[sample] = found
+    return labels
+
+
 def leiden_levels(emb: np.ndarray, level_sizes, seed: int = 0, max_cells: int = LEIDEN_MAX_CELLS) -> list[np.ndarray]:
     """Per-level labels ``[N]`` (coarse to fine): Leiden with its resolution searched for K_l
     clusters at each level, on the kNN graph of ``emb`` (or of a seeded sample of ``max_cells``
@@ -232,12 +243,7 @@ def leiden_levels(emb: np.ndarray, level_sizes, seed: int = 0, max_cells: int = 
             found = ward_groups(centres, np.bincount(found), [int(k)])[int(k)][found]
             centres = centres_of(found)
         if len(sample) < len(emb):  # the cells outside the sample: the nearest centre
-            labels = np.empty(len(emb), dtype=np.int64)
-            for start in range(0, len(emb), 65_536):
-                chunk = emb[start : start + 65_536]
-                labels[start : start + len(chunk)] = ((chunk[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-            labels[sample] = found
-            found = labels
+            found = extend_to_all(emb, sample, found, centres)
         out.append(found.astype(np.int64))
     return out
 
@@ -307,12 +313,7 @@ def divisive_levels(
     for found in divisive_splits(pcs, level_sizes[:n_divisive], seed):
         if len(sample) < n:  # the other cells: the nearest group centre in the VAE's latent
             centres = np.stack([emb[sample][found == j].mean(0) for j in range(found.max() + 1)])
-            labels = np.empty(n, dtype=np.int64)
-            for start in range(0, n, 65_536):
-                chunk = emb[start : start + 65_536]
-                labels[start : start + len(chunk)] = ((chunk[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-            labels[sample] = found
-            found = labels
+            found = extend_to_all(emb, sample, found, centres)
         out.append(found)
     return out + leiden_levels(emb, level_sizes[n_divisive:], seed, max_cells)
 

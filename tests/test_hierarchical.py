@@ -15,7 +15,7 @@ from pyro.optim import Adam
 
 from hiermix_pyro.config import ModelConfig, TrainConfig
 from hiermix_pyro.data import prepare, simulate_hierarchy
-from hiermix_pyro.initialise import nested_kmeans
+from hiermix_pyro.initialise import INITS, nested_kmeans
 from hiermix_pyro.metrics import iwae, level_scores, nesting_score
 from hiermix_pyro.models import IndMoMVAE, MoMixVAE, build_model
 from hiermix_pyro.models.momix import usage_schedule
@@ -738,18 +738,7 @@ def test_divisive_levels_samples_large_data():
     assert (top[2] == leiden_levels(emb, (4,), seed=0)[0]).all()
 
 
-@pytest.mark.parametrize(
-    "init",
-    [
-        "vae_kmeans",
-        "vae_ward",
-        "vae_leiden",
-        "vae_leiden_ward",
-        "vae_leiden_single",
-        "vae_divisive",
-        "vae_divisive_top",
-    ],
-)
+@pytest.mark.parametrize("init", [init for init in INITS if init.startswith("vae_")])
 def test_vae_inits_set_the_used_paths(init):
     """Every VAE-based initialisation ends with the cells' paths carrying almost all prior mass."""
     adata = prepare(simulate_hierarchy(branching=(2, 2), cells_per_leaf=30, n_genes=40, seed=0), n_hvg=None)
