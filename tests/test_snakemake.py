@@ -59,18 +59,40 @@ def test_dry_run_lists_the_whole_grid(study):
 
 
 def test_headline_grid_and_one_run_each_kind():
-    """The headline grid: 7 models and 4 peers on 4 datasets with 10 seeds; each run writes into
-    runs/headline/<dataset>/<method>/seed<k>/ under the convergence protocol."""
+    """The headline grid: 7 models, momix with the divisive start and 4 peers on 4 datasets with 10
+    seeds; each run writes into runs/headline/<dataset>/<method>/seed<k>/ under the convergence protocol."""
     out = dry_run("--config", "study=headline")
     counts = job_counts(out)
-    assert counts["train"] == 4 * 7 * 10 and counts["peer_scanpy"] == 4 * 2 * 10 and counts["peer_scvi"] == 4 * 10
-    for method in ("vae", "mixture", "momix", "indmom", "vampprior", "gmm", "vmm", "pca_leiden", "pca_kmeans"):
+    assert counts["train"] == 4 * 8 * 10 and counts["peer_scanpy"] == 4 * 2 * 10 and counts["peer_scvi"] == 4 * 10
+    for method in (
+        "vae",
+        "mixture",
+        "momix",
+        "momix_divisive_top",
+        "indmom",
+        "vampprior",
+        "gmm",
+        "vmm",
+        "pca_leiden",
+        "pca_kmeans",
+    ):
         assert f"runs/headline/pbmc_sorted9/{method}/seed9/metrics.json" in out
     for peer in ("scvi_leiden", "scvi_kmeans"):
         assert f"runs/headline/pbmc_3tech/{peer}/seed0/metrics.json" in out
     assert '"epochs": 10000, "patience": 100' in out
     assert ".venv-scvi/bin/python benchmarks/peers.py scvi_leiden scvi_kmeans" in out
     assert "papermill" in out and "notebooks/train.ipynb runs/headline/" in out  # never into notebooks/
+
+
+def test_every_job_imports_the_package_of_its_own_checkout():
+    """A run records its checkout's commit, so it must run that checkout's code: every job that runs
+    Python puts the checkout first on PYTHONPATH, also when the environment's editable install
+    points at another checkout (a git worktree sharing .venv)."""
+    out = dry_run("--config", "study=headline", "datasets=pbmc_sorted9", "seeds=0")
+    commands = [block.split("\n\n")[0] for block in out.split("Shell command:")[1:]]
+    python_jobs = [c for c in commands if "papermill" in c or "peers.py" in c]
+    assert len(python_jobs) >= 3  # the models, the scanpy peers and the scVI fit
+    assert all(f"PYTHONPATH={ROOT}" in c for c in python_jobs), python_jobs[0]
 
 
 def test_dry_run_of_a_part():
