@@ -42,7 +42,7 @@ from hiermix_pyro.config import DataConfig, TrainConfig, from_dict
 from hiermix_pyro.metrics import cluster_latent, hierarchy_scores, level_scores, nesting_score
 from hiermix_pyro.metrics.clustering import hungarian_match
 from hiermix_pyro.study import PEERS
-from hiermix_pyro.workflow import load
+from hiermix_pyro.workflow import environment, load
 
 
 def pca_embedding(adata, n_pcs: int = 50, seed: int = 0) -> tuple[np.ndarray, dict]:
@@ -179,6 +179,7 @@ def run_peers(peers: list[str], spec: dict, seed: int, runs_dir) -> list[Path]:
             n_genes=adata.n_vars,
             **scores,
             version=__version__,
+            environment=environment(),
             config=dict(
                 data=asdict(data_config),
                 **({"train": asdict(train)} if trained else {}),

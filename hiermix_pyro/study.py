@@ -283,6 +283,15 @@ def git_commit(repo=REPO) -> str:
     return head + ("-dirty" if dirty else "")
 
 
+def environment_summary(env: dict | None) -> str | None:
+    """A run's environment (``metrics.json``'s ``environment``) in one table cell: the instruction set of
+    torch's CPU kernels or the GPU, then the package versions; None for runs made before it was recorded."""
+    if not env:
+        return None
+    packages = ", ".join(f"{name} {version}" for name, version in env.get("packages", {}).items() if version)
+    return f"{env.get('gpu') or env.get('cpu_capability')} | {packages}"
+
+
 # ---- collect and summarise ----
 LEVEL_METRICS = ("ari", "nmi", "weighted_f1", "purity", "accuracy", "utilized_clusters")
 RUN_METRICS = ("h_f1", "h_precision", "h_recall", "dendrogram_purity", "iwae", "val_elbo", "epochs")
@@ -335,6 +344,7 @@ def collect(study: Study, runs_root="runs") -> pd.DataFrame:
             n_cells=m.get("n_cells"),
             n_genes=m.get("n_genes"),
             parameters=json.dumps(_comparable(provenance["parameters"]), sort_keys=True),
+            environment=environment_summary(m.get("environment")),
         )
         for level_index, level in enumerate(m["levels"], start=1):
             rows.append({**run, "level_index": level_index, **level})

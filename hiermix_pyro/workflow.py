@@ -349,6 +349,52 @@ def _atomic_write(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+ENVIRONMENT_PACKAGES = (
+    "torch",
+    "pyro-ppl",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "scanpy",
+    "anndata",
+    "leidenalg",
+    "igraph",
+)
+
+
+def environment() -> dict:
+    """What besides the code and the configuration decides a run's numbers: the package versions,
+    the processor and the instruction set torch's CPU kernels use (AVX2 and AVX-512 round
+    differently, and a few hundred epochs make the difference visible), the GPU, and where the
+    package was imported from (the checkout whose commit the run records)."""
+    import platform
+    import sys
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    processor = platform.processor() or platform.machine()
+    try:  # Linux: the model name the processor reports
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        processor = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return dict(
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        processor=processor,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        torch_threads=torch.get_num_threads(),
+        gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        package_path=str(Path(__file__).resolve().parent),
+        packages={name: version(name) for name in ENVIRONMENT_PACKAGES},
+    )
+
+
 def save_run(output_dir, *, model_name, data_config, model_config, train_config, history, scores, adata) -> Path:
     """Write ``adata.h5ad``, ``history.json`` and, last, ``metrics.json`` into ``output_dir``.
 
@@ -371,6 +417,7 @@ def save_run(output_dir, *, model_name, data_config, model_config, train_config,
         n_genes=adata.n_vars,
         **scores,
         version=__version__,
+        environment=environment(),
         config=dict(data=asdict(data_config), model=asdict(model_config), train=asdict(train_config)),
     )
     _atomic_write(out / "adata.h5ad", lambda tmp: adata.write_h5ad(tmp))

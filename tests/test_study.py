@@ -87,6 +87,9 @@ def test_committed_studies_load():
 
 
 # ---- collect and summarise ----
+ENVIRONMENT = dict(cpu_capability="AVX2", gpu=None, packages={"torch": "2.13.0", "scanpy": "1.11.5", "igraph": None})
+
+
 def fake_run(root: Path, study, dataset, method, seed, ari, epochs=5, ceiling=10, peer=False):
     out = Path(study.run_dir(dataset, method, seed, root=str(root)))
     out.mkdir(parents=True)
@@ -106,6 +109,7 @@ def fake_run(root: Path, study, dataset, method, seed, ari, epochs=5, ceiling=10
             else dict(epochs=epochs, best_epoch=epochs - 1, iwae=-100.0, config={"train": {"epochs": ceiling}})
         ),
         oracle_k=method == "pca_leiden",
+        **({"environment": ENVIRONMENT} if seed == 1 else {}),  # runs made before it was recorded have none
     )
     (out / "metrics.json").write_text(json.dumps(metrics))
     parameters = (
@@ -139,6 +143,8 @@ def test_collect_one_row_per_run_and_level(finished):
         df.loc[df["method"].eq("pca_leiden"), "oracle_k"].all() and not df.loc[df["method"].eq("vae"), "oracle_k"].any()
     )
     assert set(df.loc[df["method"].eq("pca_leiden"), "label"]) == {"scanpy PCA + Leiden (oracle k)"}
+    environments = df.drop_duplicates(["method", "seed"]).set_index(["method", "seed"])["environment"]
+    assert environments[("vae", 1)] == "AVX2 | torch 2.13.0, scanpy 1.11.5" and pd.isna(environments[("vae", 0)])
 
 
 def test_summary_ci_and_mann_whitney_against_the_best_peer(finished):
@@ -213,6 +219,7 @@ def test_peer_metrics_schema(tmp_path):
     m = json.loads(path.read_text())
     assert path == tmp_path / "pca_kmeans" / "seed0" / "metrics.json"
     assert m["oracle_k"] is False and m["n_cells"] == 150 and m["config"]["data"]["n_hvg"] == 60
+    assert m["environment"]["packages"]["scanpy"] and m["environment"]["cpu_capability"]  # as the models' runs
     assert m["hierarchy"]["tree"] == "ward" and 0 <= m["hierarchy"]["h_f1"] <= 1
     level_keys = {"level", "n_classes", "ari", "nmi", "weighted_f1", "purity", "accuracy", "utilized_clusters"}
     assert all(level_keys | {"model_level", "nesting", "nesting_labels"} <= set(entry) for entry in m["levels"])

@@ -1,10 +1,13 @@
 """The main job end to end on simulated data, and its error messages."""
 
 import json
+from pathlib import Path
 
 import pytest
 import scanpy as sc
+import torch
 
+import hiermix_pyro
 from hiermix_pyro.config import DataConfig, ModelConfig, TrainConfig
 from hiermix_pyro.workflow import check_names, default_output_dir, run, smoke_test_requested
 
@@ -43,6 +46,10 @@ def test_run_writes_metrics_latent_and_clusters(model, tmp_path):
     for key in ("model", "dataset", "seed", "device", "epochs", "train_seconds", "levels", "iwae", "elbo", "version"):
         assert key in metrics
     assert [lvl["level"] for lvl in metrics["levels"]] == ["L1", "L2", "L3", "L4"]
+    env = metrics["environment"]  # what besides the code and the configuration decides the numbers
+    assert env["packages"]["torch"] in (torch.__version__, torch.__version__.split("+")[0])
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["processor"]
+    assert Path(env["package_path"]) == Path(hiermix_pyro.__file__).resolve().parent
     for lvl in metrics["levels"]:
         assert {"n_classes", "ari", "nmi", "weighted_f1", "purity", "accuracy", "utilized_clusters"} <= set(lvl)
     adata = sc.read_h5ad(out / "adata.h5ad")
