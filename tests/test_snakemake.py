@@ -59,16 +59,17 @@ def test_dry_run_lists_the_whole_grid(study):
 
 
 def test_headline_grid_and_one_run_each_kind():
-    """The headline grid: 7 models, momix with the divisive start and 4 peers on 4 datasets with 10
+    """The headline grid: 7 models, momix with the divisive start (two variants) and 4 peers on 4 datasets with 10
     seeds; each run writes into runs/headline/<dataset>/<method>/seed<k>/ under the convergence protocol."""
     out = dry_run("--config", "study=headline")
     counts = job_counts(out)
-    assert counts["train"] == 4 * 8 * 10 and counts["peer_scanpy"] == 4 * 2 * 10 and counts["peer_scvi"] == 4 * 10
+    assert counts["train"] == 4 * 9 * 10 and counts["peer_scanpy"] == 4 * 2 * 10 and counts["peer_scvi"] == 4 * 10
     for method in (
         "vae",
         "mixture",
         "momix",
         "momix_divisive_top",
+        "momix_divisive_top150",
         "indmom",
         "vampprior",
         "gmm",
