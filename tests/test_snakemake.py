@@ -59,8 +59,9 @@ def test_dry_run_lists_the_whole_grid(study):
 
 
 def test_headline_grid_and_one_run_each_kind():
-    """The headline grid: 7 models, momix with the divisive start (two variants) and 4 peers on 6 datasets with 10
-    seeds (and two of them with 2,000 genes); each run writes into runs/headline/<dataset>/<method>/seed<k>/ under the convergence protocol."""
+    """The headline grid: 7 models, momix with the divisive start (two variants) and 4 peers on 6 datasets (4, two
+    of them also with 2,000 genes) with 10 seeds; each run writes into runs/headline/<dataset>/<method>/seed<k>/
+    under the convergence protocol."""
     out = dry_run("--config", "study=headline")
     counts = job_counts(out)
     assert counts["train"] == 6 * 9 * 10 and counts["peer_scanpy"] == 6 * 2 * 10 and counts["peer_scvi"] == 6 * 10
