@@ -612,6 +612,93 @@ def lever_figure(levers: pd.DataFrame, dataset: str, width: float = FIG_WIDTH) -
     return fig
 
 
+def load_elbo_alignment(name: str, folder: str | Path | None = None) -> pd.DataFrame | None:
+    """``<study>_elbo_alignment.csv`` (:func:`hiermix_pyro.study.elbo_alignment`), or None without it."""
+    return _read_study_file(name, "elbo_alignment", folder)
+
+
+def elbo_alignment_table(alignment: pd.DataFrame, dataset: str, digits: int = 2) -> pd.DataFrame:
+    """One row per labelled score (ARI per level, then the whole hierarchy's), for all variants and
+    for those that gain validation ELBO over the baseline: the Spearman rho across the variants
+    between their validation-ELBO gain and their gain in that score, its two-sided p and the number
+    of variants."""
+    d = alignment[alignment["dataset"].eq(dataset)].assign(level=lambda x: x["level"].astype(str))
+    d = d.assign(
+        score=[column_name(m, lvl) for m, lvl in zip(d["metric"], d["level"])],
+        p_text=["" if pd.isna(p) else "< 0.001" if p < 0.001 else f"{p:.2g}" for p in d["p"]],
+        rho=d["rho"].round(digits),
+    )
+    parts = []
+    for subset, g in d.groupby("variants", sort=False):
+        g = g.set_index("score")
+        parts.append(
+            pd.DataFrame(
+                {
+                    (f"{subset} variants" if subset == "all" else f"variants with ELBO {subset}", "rho"): g["rho"],
+                    (f"{subset} variants" if subset == "all" else f"variants with ELBO {subset}", "p"): g["p_text"],
+                    (f"{subset} variants" if subset == "all" else f"variants with ELBO {subset}", "n"): g[
+                        "n_variants"
+                    ].astype(int),
+                }
+            )
+        )
+    table = pd.concat(parts, axis=1) if parts else pd.DataFrame()
+    table.index.name = "score"
+    return table
+
+
+def elbo_alignment_figure(
+    levers: pd.DataFrame, alignment: pd.DataFrame, dataset: str, exclude=None, width: float = FIG_WIDTH
+) -> Figure | None:
+    """One panel per labelled score of :func:`elbo_alignment_table`: each variant's mean
+    difference from the baseline in validation ELBO (x, nats per cell) against its mean difference
+    in that score (y), titled with the Spearman rho of the alignment table over all variants and
+    over those right of 0 (that gain validation ELBO). Variants in ``exclude``
+    (the study's ``not_candidates``) hollow. None when the dataset has no alignment rows."""
+    import matplotlib.pyplot as plt
+
+    a = alignment[alignment["dataset"].eq(dataset)].assign(level=lambda x: x["level"].astype(str))
+    d = levers[levers["dataset"].eq(dataset)].assign(level=lambda x: x["level"].astype(str))
+    if a.empty or d.empty:
+        return None
+    x = d[d["metric"].eq(a["score"].iloc[0])].set_index("method")["mean_diff"]
+    exclude = set(dict(exclude or {}))
+    positive = a[a["variants"].ne("all")].set_index(["metric", "level"])["rho"]
+    a = a[a["variants"].eq("all")]
+    cols = 3
+    rows = math.ceil(len(a) / cols)
+    with plt.rc_context(FONT):
+        fig, axes = plt.subplots(rows, cols, figsize=(width, 2.5 * rows + 0.6), squeeze=False)
+        for ax, r in zip(axes.flat, a.itertuples()):
+            y = d[d["metric"].eq(r.metric) & d["level"].eq(r.level)].set_index("method")["mean_diff"]
+            both = x.index.intersection(y.index)
+            hollow = both.isin(list(exclude))
+            color = plotting.QUALITATIVE[0]
+            ax.scatter(x[both][~hollow], y[both][~hollow], s=22, color=color, label="candidate")
+            ax.scatter(
+                x[both][hollow], y[both][hollow], s=22, facecolors="none", edgecolors=color, label="not a candidate"
+            )
+            ax.axhline(0, color="0.6", linewidth=0.8, zorder=0)
+            ax.axvline(0, color="0.6", linewidth=0.8, zorder=0)
+            short = {"h_f1": "hier. F1", "dendrogram_purity": "dendr. purity"}
+            gain = positive.get((r.metric, r.level), np.nan)
+            ax.set_title(
+                f"{short.get(r.metric) or column_name(r.metric, r.level)}\nrho {r.rho:+.2f}"
+                + ("" if pd.isna(gain) else f", right of 0: {gain:+.2f}"),
+                fontsize=10.5,
+            )
+            ax.tick_params(labelsize=9)
+        for ax in axes.flat[len(a) :]:
+            ax.set_visible(False)
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.supylabel("labelled score − baseline", fontsize=10.5)
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        xlabel = f"validation ELBO − {d['baseline'].iloc[0]} (nats per cell)"
+        fig.supxlabel(xlabel, fontsize=10.5, y=0.085, va="top")
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=10, frameon=False)
+    return fig
+
+
 SETTING = re.compile(r"bs(?P<batch_size>\d+)_emlr(?P<em_lr>[0-9.eE+-]+)$")
 
 

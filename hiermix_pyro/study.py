@@ -650,6 +650,44 @@ def paired_differences(df: pd.DataFrame, baseline: str, metrics=LEVER_METRICS) -
     return out.sort_values(["dataset", "_order"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
+def elbo_alignment(levers: pd.DataFrame, score: str = "val_elbo") -> pd.DataFrame:
+    """Whether the score without labels points where the labels point: per (dataset, metric, level)
+    of ``levers`` (:func:`paired_differences`), the Spearman rank correlation across the variants
+    between their mean difference from the baseline in ``score`` (validation ELBO) and in that
+    metric, with ``n_variants`` and the two-sided p; once over all variants (``variants="all"``)
+    and once over those whose ``score`` is above the baseline's (``variants="gain > 0"``, the ones
+    a user choosing by that score would weigh). Where rho is near 1, a variant that gains ELBO gains
+    that score too; where it is near 0 or below, choosing by the ELBO cannot find the variants that
+    score best against the labels."""
+    from scipy import stats
+
+    if levers.empty or not levers["metric"].eq(score).any():
+        return pd.DataFrame()
+    rows = []
+    for dataset, d in levers.groupby("dataset", sort=False):
+        x = d[d["metric"].eq(score)].set_index("method")["mean_diff"]
+        for subset, keep in (("all", x.index), ("gain > 0", x.index[x > 0])):
+            for (metric, level), g in d[~d["metric"].isin([score, "iwae"])].groupby(["metric", "level"], sort=False):
+                y = g.set_index("method")["mean_diff"]
+                both = keep.intersection(y.index)
+                if len(both) < 3:
+                    continue
+                rho, p = stats.spearmanr(x[both], y[both])
+                rows.append(
+                    dict(
+                        dataset=dataset,
+                        score=score,
+                        variants=subset,
+                        metric=metric,
+                        level=level,
+                        n_variants=len(both),
+                        rho=rho,
+                        p=p,
+                    )
+                )
+    return pd.DataFrame(rows)
+
+
 def seed_agreement(study: Study, runs_root="runs", previous: pd.DataFrame | None = None) -> pd.DataFrame:
     """How far the clusterings of different seeds agree, per (dataset, model variant, level): the
     ARI between the ``obs['cluster_<level>']`` of every pair of finished seeds (each run annotates
@@ -711,7 +749,9 @@ def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs", merge: bo
     """Collect and summarise ``study`` into ``<out_dir>/<study>.csv``, ``<study>_summary.csv`` and
     ``<study>_summary.md``, and with a ``baseline`` the seed-by-seed differences of every variant
     from it into ``<study>_levers.csv`` (:func:`paired_differences`) and the agreement between
-    seeds into ``<study>_agreement.csv`` (:func:`seed_agreement`); returns their paths.
+    seeds into ``<study>_agreement.csv`` (:func:`seed_agreement`), and how the validation ELBO's
+    differences rank against the labelled ones into ``<study>_elbo_alignment.csv``
+    (:func:`elbo_alignment`); returns their paths.
 
     With ``merge`` (the default) the tables already in ``out_dir`` are read first and their runs
     that are not under ``runs_root`` are kept (:func:`merge_previous`): a part of a study run in a
@@ -760,6 +800,8 @@ def write_results(study: Study, out_dir=RESULTS_DIR, runs_root="runs", merge: bo
         levers.to_csv(paths["levers"], index=False)
         paths["agreement"] = out_dir / f"{study.name}_agreement.csv"
         seed_agreement(study, runs_root, previous.get("agreement")).to_csv(paths["agreement"], index=False)
+        paths["elbo_alignment"] = out_dir / f"{study.name}_elbo_alignment.csv"
+        elbo_alignment(levers).to_csv(paths["elbo_alignment"], index=False)
     return paths
 
 

@@ -218,6 +218,28 @@ def test_lever_table_and_figure(tmp_path, monkeypatch):
     assert report.lever_figure(read, "other") is None and report.load_levers("absent") is None
 
 
+def test_elbo_alignment_table_and_figure(tmp_path, monkeypatch):
+    from hiermix_pyro.study import elbo_alignment, paired_differences
+
+    runs = runs_table(methods=("momix", "vae", "mixture", "indmom"), seeds=(0, 1, 2, 3))
+    gain = runs["method"].map({"momix": 0.0, "vae": 1.0, "mixture": 2.0, "indmom": 3.0})
+    runs["val_elbo"] = -100.0 + runs["seed"] + gain
+    runs["ari"] = 0.5 - 0.1 * gain  # the labels prefer what the ELBO does not
+    levers = paired_differences(runs, "momix")
+    elbo_alignment(levers).to_csv(tmp_path / "mine_elbo_alignment.csv", index=False)
+    monkeypatch.setenv("HIERMIX_RESULTS_DIR", str(tmp_path))
+    alignment = report.load_elbo_alignment("mine")
+    table = report.elbo_alignment_table(alignment, "sim")
+    assert list(table.index[:2]) == ["ARI L1", "ARI L2"]
+    assert table.loc["ARI L1", ("all variants", "rho")] == -1.0 and table.loc["ARI L1", ("all variants", "n")] == 3
+    assert table.loc["ARI L1", ("variants with ELBO gain > 0", "n")] == 3  # every variant gains ELBO here
+    fig = report.elbo_alignment_figure(levers, alignment, "sim", exclude={"vae": "why"})
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == len(table) and panels[0].get_title() == "ARI L1\nrho -1.00, right of 0: -1.00"
+    assert report.elbo_alignment_figure(levers, alignment, "other") is None
+    assert report.load_elbo_alignment("absent") is None
+
+
 def test_format_difference_marks_intervals_that_exclude_zero():
     assert report.format_difference(0.1, 0.05, 0.15, 5, 0.01) == "+0.100 ± 0.050* (n=5) p = 0.01"
     assert report.format_difference(-0.1, -0.3, 0.1, 5, 0.3) == "-0.100 ± 0.200 (n=5) p = 0.3"

@@ -288,6 +288,33 @@ def test_write_results_levers_with_a_baseline(finished, tmp_path):
     row = levers.query("metric == 'ari' and level == 'L1'").iloc[0]
     assert row["method"] == "momix_t" and row["n"] == 1 and row["mean_diff"] == pytest.approx(0.3)
     assert set(levers["study"]) == {str(study.path)}
+    # one variant against the baseline: too few for a rank correlation, so an empty table
+    assert paths["elbo_alignment"].exists()
+
+
+def test_elbo_alignment_ranks_the_variants_gains():
+    """rho is +1 where the ELBO's gains rank the variants as a score's gains do, -1 where reversed;
+    a score with fewer than 3 variants, the IWAE and the ELBO itself get no row; the variants that
+    gain ELBO are ranked again on their own."""
+    from hiermix_pyro.study import elbo_alignment
+
+    gains = {"a": 0.1, "b": 0.5, "c": 0.9, "d": 1.5, "e": -2.0}  # validation ELBO gains
+    rows = [dict(dataset="sim", method=m, level="all", metric="val_elbo", mean_diff=g) for m, g in gains.items()]
+    rows += [dict(dataset="sim", method=m, level="all", metric="iwae", mean_diff=g) for m, g in gains.items()]
+    rows += [dict(dataset="sim", method=m, level="L1", metric="ari", mean_diff=g / 10) for m, g in gains.items()]
+    rows += [dict(dataset="sim", method=m, level="all", metric="h_f1", mean_diff=-g) for m, g in gains.items()]
+    rows[-1]["mean_diff"] = -5.0  # e loses ELBO and hierarchical F1: over all variants rho is 0, not -1
+    rows += [dict(dataset="sim", method=m, level="L2", metric="ari", mean_diff=g) for m, g in list(gains.items())[:2]]
+    table = elbo_alignment(pd.DataFrame(rows))
+    assert list(zip(table["variants"], table["metric"], table["level"])) == [
+        ("all", "ari", "L1"),
+        ("all", "h_f1", "all"),
+        ("gain > 0", "ari", "L1"),
+        ("gain > 0", "h_f1", "all"),
+    ]
+    assert table["rho"].tolist() == pytest.approx([1.0, 0.0, 1.0, -1.0], abs=1e-12)
+    assert table["n_variants"].tolist() == [5, 5, 4, 4]
+    assert elbo_alignment(pd.DataFrame(rows).query("metric != 'val_elbo'")).empty
 
 
 def test_collect_refuses_runs_whose_defaults_changed_and_accepts_named_settings(finished):
