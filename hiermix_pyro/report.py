@@ -50,6 +50,7 @@ NAMES = {
     "val_elbo": "validation ELBO",
     "epochs": "epochs",
 }
+SHORT_NAMES = {"h_f1": "hier. F1", "dendrogram_purity": "dendr. purity", "val_elbo": "val. ELBO"}  # narrow panels
 RUN_LEVEL = "all"  # the summary's level of run-wide metrics (hierarchy scores, IWAE, epochs)
 PEER_MARKERS = ("s", "D", "^", "v", "P", "X")
 PEER_GREYS = ("0.15", "0.45", "0.3", "0.6", "0.2", "0.5")
@@ -603,8 +604,8 @@ def lever_figure(levers: pd.DataFrame, dataset: str, width: float = FIG_WIDTH) -
             for y, m, lo, hi, c in zip(ys, g["mean_diff"], low, high, colors):
                 ax.errorbar(m, y, xerr=[[lo], [hi]], fmt="o", color=c, ms=5, capsize=2)
             ax.axvline(0, color="0.6", linewidth=0.8, zorder=0)
-            short = {"h_f1": "hier.\nF1", "dendrogram_purity": "dendr.\npurity", "val_elbo": "val.\nELBO"}
-            ax.set_title(short.get(metric) or column_name(metric, level).replace(" ", "\n", 1), fontsize=10.5)
+            title = SHORT_NAMES.get(metric, column_name(metric, level))
+            ax.set_title(title.replace(" ", "\n", 1), fontsize=10.5)
             ax.tick_params(axis="x", labelsize=8.5, rotation=45)
         axes[0, 0].set_yticks(ys, [labels[m] for m in methods], fontsize=9.5)
         fig.supxlabel(f"difference from {d['baseline'].iloc[0]} (mean over seeds, 95% CI)", fontsize=10.5)
@@ -631,16 +632,9 @@ def elbo_alignment_table(alignment: pd.DataFrame, dataset: str, digits: int = 2)
     parts = []
     for subset, g in d.groupby("variants", sort=False):
         g = g.set_index("score")
+        name = "all variants" if subset == "all" else f"variants with ELBO {subset}"
         parts.append(
-            pd.DataFrame(
-                {
-                    (f"{subset} variants" if subset == "all" else f"variants with ELBO {subset}", "rho"): g["rho"],
-                    (f"{subset} variants" if subset == "all" else f"variants with ELBO {subset}", "p"): g["p_text"],
-                    (f"{subset} variants" if subset == "all" else f"variants with ELBO {subset}", "n"): g[
-                        "n_variants"
-                    ].astype(int),
-                }
-            )
+            pd.DataFrame({(name, "rho"): g["rho"], (name, "p"): g["p_text"], (name, "n"): g["n_variants"].astype(int)})
         )
     table = pd.concat(parts, axis=1) if parts else pd.DataFrame()
     table.index.name = "score"
@@ -665,7 +659,7 @@ def elbo_alignment_figure(
     exclude = set(dict(exclude or {}))
     positive = a[a["variants"].ne("all")].set_index(["metric", "level"])["rho"]
     a = a[a["variants"].eq("all")]
-    cols = 3
+    cols, color = 3, plotting.QUALITATIVE[0]
     rows = math.ceil(len(a) / cols)
     with plt.rc_context(FONT):
         fig, axes = plt.subplots(rows, cols, figsize=(width, 2.5 * rows + 0.6), squeeze=False)
@@ -673,17 +667,15 @@ def elbo_alignment_figure(
             y = d[d["metric"].eq(r.metric) & d["level"].eq(r.level)].set_index("method")["mean_diff"]
             both = x.index.intersection(y.index)
             hollow = both.isin(list(exclude))
-            color = plotting.QUALITATIVE[0]
             ax.scatter(x[both][~hollow], y[both][~hollow], s=22, color=color, label="candidate")
             ax.scatter(
                 x[both][hollow], y[both][hollow], s=22, facecolors="none", edgecolors=color, label="not a candidate"
             )
             ax.axhline(0, color="0.6", linewidth=0.8, zorder=0)
             ax.axvline(0, color="0.6", linewidth=0.8, zorder=0)
-            short = {"h_f1": "hier. F1", "dendrogram_purity": "dendr. purity"}
             gain = positive.get((r.metric, r.level), np.nan)
             ax.set_title(
-                f"{short.get(r.metric) or column_name(r.metric, r.level)}\nrho {r.rho:+.2f}"
+                f"{SHORT_NAMES.get(r.metric, column_name(r.metric, r.level))}\nrho {r.rho:+.2f}"
                 + ("" if pd.isna(gain) else f", right of 0: {gain:+.2f}"),
                 fontsize=10.5,
             )
