@@ -338,6 +338,12 @@ def test_challengers_replace_the_defaults_only_with_a_clear_gain():
     sentence = report.challengers(runs, "sim", "d", exclude={"x": "why"})
     assert "no variant has a higher validation ELBO" in sentence and sentence.endswith("The defaults stay.")
     assert "`x`" not in sentence and report.challengers(runs, "sim", "absent") is None
+    runs["iwae"] = runs["val_elbo"] + 0.5 * runs["method"].eq("x")  # the page's check: another bound, no exclusions
+    sentence = report.challengers(runs, "sim", "d", metric="iwae")
+    assert (
+        "`x` has the higher IWAE, +2.50" in sentence
+        and report.challengers(runs.drop(columns="iwae"), "sim", "d", metric="iwae") is None
+    )
 
 
 def test_dataset_differences_pair_the_seeds_of_two_preparations():
