@@ -205,6 +205,57 @@ def compact_table(summary: pd.DataFrame, dataset: str, columns=None, digits: int
     return table
 
 
+PEERS_TARGET = "peers"  # a target met when a model is above the best peer: one-sided Mann-Whitney p < ALPHA
+ALPHA = 0.05
+
+
+def _meets(row, target) -> bool:
+    if target == PEERS_TARGET:
+        return bool(row.get("mannwhitney_p", math.nan) < ALPHA)
+    return bool(row["mean"] >= target)
+
+
+def target_table(summary: pd.DataFrame, rows, targets: dict, digits: int = 3) -> pd.DataFrame:
+    """Scores against targets: a first row with the targets, then one row per ``(dataset, method)``
+    of ``rows`` (index: the method's label and the dataset), one column per (metric, level) of
+    ``targets``, the last column how many targets a model meets. A target is a threshold on the
+    mean or :data:`PEERS_TARGET` (above the dataset's best peer, one-sided Mann-Whitney p <
+    :data:`ALPHA`); a model's cell that meets it starts with ``✓``, and a peer's has no mark, since
+    the targets are a model's. Cells from :func:`format_cell`.
+
+    Raises
+    ------
+    KeyError
+        If a row's method or a target's score is not in ``summary`` for that dataset.
+    """
+    names = [column_name(*c) for c in targets]
+    out = {
+        "target": [
+            "≥ " + f"{t:g}" if t != PEERS_TARGET else f"above every peer, p < {ALPHA:g}" for t in targets.values()
+        ]
+    }
+    out["target"].append("")
+    for dataset, method in rows:
+        d = summary[summary["dataset"].eq(dataset) & summary["method"].eq(method)]
+        if d.empty:
+            raise KeyError(f"no scores of {method!r} on {dataset!r} in the summary")
+        cells, met = [], 0
+        model = d["kind"].iloc[0] != "peer"
+        for (metric, level), target in targets.items():
+            r = d[d["metric"].eq(metric) & d["level"].astype(str).eq(level)]
+            if r.empty:
+                raise KeyError(f"no {metric} at {level} for {method!r} on {dataset!r} in the summary")
+            r = r.iloc[0]
+            hit = model and _meets(r, target)
+            met += hit
+            cells.append(("✓ " if hit else "") + format_cell(r["mean"], r["ci95_low"], r["ci95_high"], r["n"], digits))
+        cells.append(f"{met} of {len(targets)}" if model else "")
+        out[f"{d['label'].iloc[0]} ({dataset})"] = cells
+    table = pd.DataFrame.from_dict(out, orient="index", columns=[*names, "targets met"])
+    table.index.name = "method (dataset)"
+    return table
+
+
 def ceiling_notes(summary: pd.DataFrame, dataset: str | None = None) -> list[str]:
     """``† method: k of n runs stopped at the epoch ceiling`` for each method that has such runs."""
     methods = methods_of(summary, dataset)

@@ -360,3 +360,23 @@ def test_dataset_differences_pair_the_seeds_of_two_preparations():
     assert table.index.name == "variant − genes500" and "+0.060" in table.loc["momix", "ARI L1"]
     with pytest.raises(ValueError, match="no runs of dataset 'absent'"):
         report.dataset_differences(runs, "genes500", "absent")
+
+
+def test_target_table_marks_the_models_targets_met(summary):
+    targets = {("ari", "L1"): 0.35, ("ari", "L2"): 0.9, ("h_f1", "all"): report.PEERS_TARGET}
+    table = report.target_table(summary, [("sim", "momix"), ("sim", "vae"), ("sim", "pca_leiden")], targets)
+    assert list(table.index) == ["target", "momix (sim)", "vae (sim)", "scanpy PCA + Leiden (oracle k) (sim)"]
+    assert table.loc["target"].tolist() == ["≥ 0.35", "≥ 0.9", "above every peer, p < 0.05", ""]
+    # runs_table: ARI about 0.3 + 0.1 i (vae i=0, momix i=1, pca_leiden i=2) and hierarchical F1 0.5 + 0.05 i
+    assert table.loc["momix (sim)", "ARI L1"].startswith("✓") and not table.loc["vae (sim)", "ARI L1"].startswith("✓")
+    assert not table.loc["momix (sim)", "ARI L2"].startswith("✓")
+    assert not table.loc["momix (sim)", "hierarchical F1"].startswith("✓")  # below the peer: p near 1
+    assert table.loc["momix (sim)", "targets met"] == "1 of 3" and table.loc["vae (sim)", "targets met"] == "0 of 3"
+    peer = table.loc["scanpy PCA + Leiden (oracle k) (sim)"]
+    assert "✓" not in " ".join(peer) and peer["targets met"] == ""  # 0.5 clears 0.35, but targets are a model's
+    above = summary.assign(mannwhitney_p=summary["mannwhitney_p"].where(~summary["method"].eq("vae"), 0.01))
+    assert report.target_table(above, [("sim", "vae")], targets).loc["vae (sim)", "hierarchical F1"].startswith("✓")
+    with pytest.raises(KeyError, match="absent"):
+        report.target_table(summary, [("sim", "absent")], targets)
+    with pytest.raises(KeyError, match="weighted_f1"):
+        report.target_table(summary, [("sim", "momix")], {("weighted_f1", "L1"): 0.5})
