@@ -215,6 +215,10 @@ def _meets(row, target) -> bool:
     return bool(row["mean"] >= target)
 
 
+def _target_text(target) -> str:
+    return f"above every peer, p < {ALPHA:g}" if target == PEERS_TARGET else f"≥ {target:g}"
+
+
 def target_table(summary: pd.DataFrame, rows, targets: dict, digits: int = 3) -> pd.DataFrame:
     """Scores against targets: a first row with the targets, then one row per ``(dataset, method)``
     of ``rows`` (index: the method's label and the dataset), one column per (metric, level) of
@@ -229,12 +233,7 @@ def target_table(summary: pd.DataFrame, rows, targets: dict, digits: int = 3) ->
         If a row's method or a target's score is not in ``summary`` for that dataset.
     """
     names = [column_name(*c) for c in targets]
-    out = {
-        "target": [
-            "≥ " + f"{t:g}" if t != PEERS_TARGET else f"above every peer, p < {ALPHA:g}" for t in targets.values()
-        ]
-    }
-    out["target"].append("")
+    out = {"target": [*map(_target_text, targets.values()), ""]}  # the last column: targets met
     for dataset, method in rows:
         d = summary[summary["dataset"].eq(dataset) & summary["method"].eq(method)]
         if d.empty:
